@@ -1,0 +1,66 @@
+"""asgi-hijack: Go's ``http.Hijacker`` for ASGI on uvicorn.
+
+Run ``uvicorn app:app --http asgi_hijack:HijackProtocol`` and call
+``conn = await hijack(scope, receive, send)`` in the app.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .api import hijack, hijack_supported
+from .connection import HijackedConnection
+from .errors import (
+    AlreadyHijackedError,
+    AppReturnedError,
+    ClientDisconnectedError,
+    HijackError,
+    HijackNotSupported,
+    IncompleteBodyError,
+    MiddlewareBlockedError,
+    ResponseStartedError,
+)
+from .h11_protocol import H11HijackProtocol
+
+if TYPE_CHECKING:
+    from .httptools_protocol import HttpToolsHijackProtocol
+    from .zttp_auto import ZttpHijackProtocol
+
+__all__ = [
+    "AlreadyHijackedError",
+    "AppReturnedError",
+    "ClientDisconnectedError",
+    "H11HijackProtocol",
+    "HijackError",
+    "HijackNotSupported",
+    "HijackProtocol",
+    "HijackedConnection",
+    "HttpToolsHijackProtocol",
+    "IncompleteBodyError",
+    "MiddlewareBlockedError",
+    "ResponseStartedError",
+    "ZttpHijackProtocol",
+    "hijack",
+    "hijack_supported",
+]
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Protocols whose parser is optional are imported on first use.
+    if name == "HttpToolsHijackProtocol":
+        from .httptools_protocol import HttpToolsHijackProtocol
+
+        return HttpToolsHijackProtocol
+    if name == "ZttpHijackProtocol":
+        from .zttp_auto import ZttpHijackProtocol
+
+        return ZttpHijackProtocol
+    if name == "HijackProtocol":
+        try:
+            from .httptools_protocol import HttpToolsHijackProtocol
+        except ImportError:
+            return H11HijackProtocol
+        return HttpToolsHijackProtocol
+    raise AttributeError(f"module 'asgi_hijack' has no attribute {name!r}")

@@ -1,0 +1,204 @@
+"""The connection an app owns after a hijack: asyncio streams and an anyio byte stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+from anyio.abc import ByteStream, SocketAttribute
+
+__all__ = ["HijackedConnection"]
+
+DEFAULT_LIMIT = 2**16
+"""StreamReader buffer limit: reading pauses above twice this (back-pressure)."""
+
+
+class _HijackedProtocol(asyncio.StreamReaderProtocol):
+    """Transport protocol after the hijack: feeds the reader, tracks the connection.
+
+    It stays in uvicorn's ``server_state.connections`` until the socket closes, so a
+    graceful shutdown notifies the owner and waits for it (see :meth:`shutdown`).
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        owner: HijackedConnection,
+        connections: set[Any],
+        grace: float | None,
+    ) -> None:
+        super().__init__(reader)
+        # Weak, so that an owner dropped without closing is collected (and closed).
+        self._owner = weakref.ref(owner)
+        self._connections = connections
+        self._grace = grace
+        self._close_timer: asyncio.TimerHandle | None = None
+        connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        owner = self._owner()
+        if owner is not None:
+            owner._closed_event.set()
+        super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """Called by uvicorn when a graceful shutdown begins: notify, then close after the grace."""
+        owner = self._owner()
+        if owner is None:
+            return
+        owner._notify_shutdown()
+        if self._grace is not None and self._close_timer is None:
+            self._close_timer = asyncio.get_running_loop().call_later(self._grace, owner.transport.abort)
+
+
+class _Reader(asyncio.StreamReader):
+    """StreamReader that keeps its connection alive for as long as it is referenced."""
+
+    owner: HijackedConnection | None = None
+
+
+class HijackedConnection(ByteStream):
+    """A connection taken over from the server.
+
+    ``reader`` yields the pending buffer first (:attr:`pending`, the bytes the server had
+    read but the app had not received), then socket data. ``writer`` writes to the
+    socket. The server never touches the connection again; the owner closes it with
+    :meth:`aclose` or ``async with``. A connection dropped without being closed is
+    closed by the garbage collector with a ``ResourceWarning``, like a socket.
+
+    It is also an anyio :class:`~anyio.abc.ByteStream` (``receive``, ``send``,
+    ``send_eof``, ``aclose``), so it can be wrapped, e.g. in ``anyio.streams.tls.TLSStream``.
+    """
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        pending: bytes,
+        *,
+        eof: bool = False,
+        connections: set[Any] | None = None,
+        shutdown_grace: float | None = None,
+        limit: int = DEFAULT_LIMIT,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.pending: bytes = pending
+        """Bytes the server had read after the request head that the app had not received."""
+        self.transport: asyncio.Transport = transport
+        self._closed_event = asyncio.Event()
+        self._shutdown_event = asyncio.Event()
+        self._shutdown_callbacks: list[Callable[[], object]] = []
+        reader = _Reader(limit=limit, loop=loop)
+        reader.owner = self
+        protocol = _HijackedProtocol(reader, self, connections if connections is not None else set(), shutdown_grace)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        transport.resume_reading()
+        if pending:
+            reader.feed_data(pending)
+        if eof:
+            reader.feed_eof()
+        self.reader: asyncio.StreamReader = reader
+        self.writer: asyncio.StreamWriter = asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    # -- inspection -----------------------------------------------------------------
+    @property
+    def socket(self) -> socket.socket:
+        """The underlying socket, for options (``setsockopt``) and addresses (``getpeername``)."""
+        sock: socket.socket = self.transport.get_extra_info("socket")
+        return sock
+
+    @property
+    def is_closing(self) -> bool:
+        """True once the connection is closed or closing."""
+        return self.transport.is_closing()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        sock = self.socket
+        return {
+            SocketAttribute.raw_socket: lambda: sock,
+            SocketAttribute.family: lambda: sock.family,
+            SocketAttribute.local_address: lambda: sock.getsockname(),
+            SocketAttribute.remote_address: lambda: sock.getpeername(),
+        }
+
+    # -- shutdown notification ------------------------------------------------------
+    @property
+    def shutdown_requested(self) -> asyncio.Event:
+        """Set when the server begins a graceful shutdown: finish up and close."""
+        return self._shutdown_event
+
+    def on_shutdown(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` when the server begins a graceful shutdown."""
+        self._shutdown_callbacks.append(callback)
+
+    def _notify_shutdown(self) -> None:
+        if self._shutdown_event.is_set():
+            return
+        self._shutdown_event.set()
+        for callback in self._shutdown_callbacks:
+            callback()
+
+    async def wait_closed(self) -> None:
+        """Wait until the socket is closed (by either side)."""
+        await self._closed_event.wait()
+
+    # -- anyio ByteStream -----------------------------------------------------------
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        """Return up to ``max_bytes``; raise :class:`anyio.EndOfStream` at EOF."""
+        if self.transport.is_closing() and not self.reader._buffer:  # type: ignore[attr-defined]
+            if self.reader.at_eof():
+                raise anyio.EndOfStream
+            raise anyio.ClosedResourceError
+        try:
+            data = await self.reader.read(max_bytes)
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+        if not data:
+            raise anyio.EndOfStream
+        return data
+
+    async def send(self, item: bytes) -> None:
+        """Write ``item`` and wait for the transport to drain below its high-water mark."""
+        if self.transport.is_closing():
+            raise anyio.ClosedResourceError
+        self.writer.write(item)
+        try:
+            await self.writer.drain()
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+
+    async def send_eof(self) -> None:
+        """Half-close: send FIN, keep reading (not possible over TLS)."""
+        if not self.writer.can_write_eof():
+            raise NotImplementedError("half-close is not possible on this transport (TLS)")
+        self.writer.write_eof()
+
+    def close(self) -> None:
+        """Close the connection now (buffered writes are still flushed by the transport)."""
+        self.writer.close()
+
+    async def aclose(self) -> None:
+        """Close the connection and wait until the socket is released."""
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+    async def _flush(self) -> None:
+        """Wait until every byte written so far has been handed to the kernel."""
+        if not self.transport.get_write_buffer_size():
+            return
+        high, low = self.transport.get_write_buffer_limits()
+        self.transport.set_write_buffer_limits(high=0)
+        try:
+            await self.writer.drain()
+        finally:
+            self.transport.set_write_buffer_limits(high=high, low=low)

@@ -1,0 +1,46 @@
+"""Serialization of the response head a server writes for the app just before surrendering."""
+
+from __future__ import annotations
+
+import http
+import re
+from collections.abc import Iterable
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def build_head(
+    http_version: str,
+    status: int,
+    reason: bytes | str | None,
+    headers: Iterable[tuple[bytes, bytes]],
+) -> bytes:
+    """Status line and header lines, exactly as given (nothing added), ending in CRLF CRLF.
+
+    Raises :class:`ValueError` for a status outside 100-999, or a reason or header that
+    would break the head (CR, LF, NUL, bad header names).
+    """
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 999:
+        raise ValueError(f"hijack status must be an int from 100 to 999, got {status!r}")
+    if reason is None:
+        try:
+            phrase = http.HTTPStatus(status).phrase.encode("ascii")
+        except ValueError:
+            phrase = b""
+    else:
+        phrase = reason.encode("latin-1") if isinstance(reason, str) else bytes(reason)
+        if _BAD_VALUE.search(phrase):
+            raise ValueError(f"hijack reason phrase must not contain control characters: {reason!r}")
+    version = b"HTTP/1.0" if http_version == "1.0" else b"HTTP/1.1"
+    lines = [b"%s %d %s\r\n" % (version, status, phrase)]
+    for name, value in headers:
+        if not isinstance(name, bytes | bytearray) or not isinstance(value, bytes | bytearray):
+            raise ValueError(f"hijack headers must be (bytes, bytes) pairs, got {(name, value)!r}")
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"invalid header name in hijack head: {name!r}")
+        if _BAD_VALUE.search(value):
+            raise ValueError(f"invalid header value in hijack head for {name!r}: control characters")
+        lines.append(b"%s: %s\r\n" % (name, value))
+    lines.append(b"\r\n")
+    return b"".join(lines)

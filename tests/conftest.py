@@ -1,0 +1,55 @@
+"""Shared fixtures: real uvicorn servers with our protocols, raw-socket helpers."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from asgi_hijack.testing import RunningServer, serve
+from tests.apps import probe_app
+
+PARSERS = ["h11", "httptools", "zttp"]
+
+
+def recv_until(sock: socket.socket, marker: bytes, timeout: float = 5.0) -> bytes:
+    """Read until ``marker`` has been received (or fail after ``timeout``)."""
+    sock.settimeout(timeout)
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed before {marker!r}; got {data!r}")
+        data += chunk
+    return data
+
+
+def recv_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Read until the server closes the connection."""
+    sock.settimeout(timeout)
+    data = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def connect(server: RunningServer) -> socket.socket:
+    sock = socket.create_connection(server.address, timeout=5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+@pytest.fixture(scope="module", params=PARSERS)
+def probe_server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """The probe app (tests/apps.py) on each of our HTTP/1.x protocols."""
+    with serve(probe_app, request.param) as server:
+        yield server
