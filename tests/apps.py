@@ -49,7 +49,7 @@ async def read_body(receive: Any) -> bytes:
             return body
 
 
-async def probe_app(scope: dict[str, Any], receive: Any, send: Any) -> None:  # noqa: C901 - a routing table
+async def probe_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
     query = {k: v[-1] for k, v in parse_qs(scope["query_string"].decode()).items()}
@@ -57,7 +57,7 @@ async def probe_app(scope: dict[str, Any], receive: Any, send: Any) -> None:  # 
     path = scope["path"]
     if path == "/plain":
         await respond(send, 200, b"ok")
-    elif path == "/scope" or scope["method"] == "CONNECT" and "scope" in query:
+    elif path == "/scope":
         info = {
             "extensions": sorted(scope.get("extensions", {})),
             "path": scope["path"],
@@ -142,6 +142,12 @@ async def probe_app(scope: dict[str, Any], receive: Any, send: Any) -> None:  # 
         conn = await hijack(scope, receive, send, status=101, headers=[(b"upgrade", b"tcp")])
         KEEP.append(conn)
         RESULTS[key] = conn
+    elif path == "/until-shutdown":
+        conn = await hijack(scope, receive, send, status=101, headers=[(b"upgrade", b"tcp")])
+        async with conn:
+            await conn.send(b"ready")
+            await conn.shutdown_requested.wait()
+            await conn.send(b"bye")
     elif path == "/disconnected":
         await asyncio.sleep(0.3)
         try:

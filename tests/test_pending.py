@@ -112,7 +112,12 @@ def test_partly_arrived_chunked_body_is_refused_clearly(probe_server: RunningSer
 REQUESTS = {
     # name: (head, body, body read by the app, response head the server writes)
     "get": (b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n", b"", False, b""),
-    "get-101": (b"GET /echo?status=101 HTTP/1.1\r\nHost: x\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n\r\n", b"", False, HEAD_101),
+    "get-101": (
+        b"GET /echo?status=101 HTTP/1.1\r\nHost: x\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n\r\n",
+        b"",
+        False,
+        HEAD_101,
+    ),
     "connect": (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", b"", False, b""),
     "go-rpc-bare-lf": (b"CONNECT /_goRPC_ HTTP/1.0\n\n", b"", False, b""),
     "upgrade-body-unread": (
