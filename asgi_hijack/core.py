@@ -14,6 +14,7 @@ partial head or held bytes exist.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,9 @@ __all__ = ["EXTENSION", "HijackServerMixin"]
 EXTENSION = "http.hijack"
 MAX_HEAD_SIZE = 65536
 """A request head larger than this is answered 431 and the connection closed."""
+HEAD_TIMEOUT = 10.0
+"""Seconds a client has to send a complete request head, from connecting or from its first
+byte (Go's ``ReadHeaderTimeout``); environment override: ``ASGI_HIJACK_HEAD_TIMEOUT``."""
 
 _LINE_END = re.compile(rb"\r?\n")
 
@@ -52,7 +56,7 @@ Message = dict[str, Any]
 class _Frame:
     """Framing state of a connection off the fast path."""
 
-    __slots__ = ("chunks", "eof", "held", "left", "manual", "partial", "state")
+    __slots__ = ("chunks", "eof", "held", "left", "manual", "partial", "state", "timer")
 
     def __init__(self) -> None:
         self.state = _HEAD
@@ -62,6 +66,7 @@ class _Frame:
         self.chunks: ChunkScanner | None = None
         self.manual = False  # the parser skipped this body: the core delivers it
         self.eof = False  # the client half-closed after a complete request
+        self.timer: asyncio.TimerHandle | None = None  # the head timeout, while a head is awaited
 
 
 def _app_entry(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
@@ -109,9 +114,12 @@ class HijackServerMixin:
     """
 
     _hj_upgrade = False  # set (on the instance) when the parser reports a non-WebSocket upgrade
+    head_timeout: float = float(os.environ.get("ASGI_HIJACK_HEAD_TIMEOUT", HEAD_TIMEOUT))
+    """Seconds allowed to send a complete request head (see :data:`HEAD_TIMEOUT`)."""
 
     if TYPE_CHECKING:  # provided by uvicorn's protocol classes
         app: Any
+        loop: asyncio.AbstractEventLoop
         config: Any
         cycle: Any
         scope: Any
@@ -136,6 +144,29 @@ class HijackServerMixin:
         super().__init__(*args, **kwargs)
         self.app = _app_entry(self.app)
         self._hj: _Frame | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        # The first head is awaited off the fast path, under the head timeout.
+        frame = self._hj = _Frame()
+        self._hj_arm_head_timer(frame)
+
+    def _hj_arm_head_timer(self, frame: _Frame) -> None:
+        if frame.timer is None:
+            frame.timer = self.loop.call_later(self.head_timeout, self._hj_head_timed_out)
+
+    def _hj_head_timed_out(self) -> None:
+        frame = self._hj
+        if frame is None or frame.state != _HEAD or self.transport.is_closing():
+            return
+        frame.state = _DONE
+        if frame.partial:
+            self.logger.warning("Request head not received within %.1f s: closing the connection.", self.head_timeout)
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"content-length: 21\r\nconnection: close\r\n\r\nRequest head timeout."
+            )
+        self.transport.close()
 
     # -- parser-specific hooks ----------------------------------------------------
     def _hj_feed_head(self, head: bytes) -> None:
@@ -246,7 +277,7 @@ class HijackServerMixin:
                     if len(frame.held) > HIGH_WATER_LIMIT:
                         self.flow.pause_reading()
                 return
-        if frame.state == _HEAD and not frame.partial:
+        if frame.state == _HEAD and not frame.partial and frame.timer is None:
             if frame.eof:
                 self.transport.close()
             else:
@@ -267,7 +298,11 @@ class HijackServerMixin:
                 self._hj_reject_large_head(frame)
             else:
                 frame.partial = data
+                self._hj_arm_head_timer(frame)
             return b""
+        if frame.timer is not None:
+            frame.timer.cancel()
+            frame.timer = None
         if end > MAX_HEAD_SIZE:
             self._hj_reject_large_head(frame)
             return b""
@@ -386,6 +421,8 @@ class HijackServerMixin:
     def connection_lost(self, exc: Exception | None) -> None:
         frame = self._hj_enter_slow_path()
         frame.state = _DONE
+        if frame.timer is not None:
+            frame.timer.cancel()
         super().connection_lost(exc)  # type: ignore[misc]
 
     # -- the hijack ---------------------------------------------------------------------

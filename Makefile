@@ -1,0 +1,40 @@
+# Developer entry points. The README's two set-up commands are `make run` and `make test`;
+# both install what they need first (idempotent), so they work on a fresh machine.
+PYTHON ?= python
+BENCH_ARGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: setup run test lint bench bench-quick
+
+# Python package and test dependencies (PyPI), and the system tools the tests drive:
+# Go (net/rpc client), curl and openssl (proxy, TLS), Node's `ws` client (npm).
+setup:
+	$(PYTHON) -m pip install -q -e ".[test,starlette,zttp]"
+	@command -v go >/dev/null && command -v curl >/dev/null && command -v openssl >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq golang-go curl openssl >/dev/null)
+	@if [ -f tests/node/package.json ] && [ ! -d tests/node/node_modules ]; then \
+		npm install --silent --prefix tests/node; fi
+
+# The main job: the raw-TCP example server on the built-in defaults (127.0.0.1:8000).
+run:
+	$(PYTHON) -m pip install -q -e ".[starlette]"
+	$(PYTHON) -m uvicorn examples.raw_tcp:app --http asgi_hijack:HijackProtocol --host $(HOST) --port $(PORT)
+
+# The whole test suite, with the type and lint checks.
+test: setup lint
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check asgi_hijack tests examples bench
+	$(PYTHON) -m ruff format --check asgi_hijack tests examples bench
+	$(PYTHON) -m mypy --strict asgi_hijack
+
+# Every comparison of docs/benchmarks.md (about 10 minutes on 2 cores); rewrites docs/benchmarks.md and
+# docs/benchmarks.png, exits non-zero when a goal is missed. Needs wrk, go, node and pproxy (see bench/run.py).
+bench:
+	$(PYTHON) -m bench.run $(BENCH_ARGS)
+
+# Seconds-scale smoke run of the same comparisons; prints the table, writes no docs, never fails on goals.
+bench-quick:
+	$(PYTHON) -m bench.run --quick --no-check $(BENCH_ARGS)
