@@ -12,6 +12,8 @@ from typing import Any
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
 
+from .lifecycle import ConnectionInfo
+
 __all__ = ["HijackedConnection"]
 
 DEFAULT_LIMIT = 2**16
@@ -59,10 +61,66 @@ class _HijackedProtocol(asyncio.StreamReaderProtocol):
             self._close_timer = asyncio.get_running_loop().call_later(self._grace, owner.transport.abort)
 
 
+class _Deadline:
+    """A Go-style deadline: an absolute ``loop.time()`` after which I/O fails, movable at any time."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def check(self, what: str) -> None:
+        if self.at is not None and asyncio.get_running_loop().time() >= self.at:
+            raise TimeoutError(f"{what} deadline exceeded; move it with set_{what}_deadline() to continue")
+
+    async def wait(self, what: str, awaitable: Any) -> Any:
+        self.check(what)
+        if self.at is None:
+            return await awaitable
+        try:
+            async with asyncio.timeout_at(self.at):
+                return await awaitable
+        except TimeoutError:
+            raise TimeoutError(f"{what} deadline exceeded; move it with set_{what}_deadline() to continue") from None
+
+
 class _Reader(asyncio.StreamReader):
-    """StreamReader that keeps its connection alive for as long as it is referenced."""
+    """StreamReader with a read deadline, keeping its connection alive while referenced."""
 
     owner: HijackedConnection | None = None
+    deadline = _Deadline()  # replaced per instance
+
+    async def _wait_for_data(self, func_name: str) -> None:
+        await self.deadline.wait("read", super()._wait_for_data(func_name))  # type: ignore[misc]
+
+    async def read(self, n: int = -1) -> bytes:
+        self.deadline.check("read")
+        return await super().read(n)
+
+    async def readline(self) -> bytes:
+        self.deadline.check("read")
+        return await super().readline()
+
+    async def readexactly(self, n: int) -> bytes:
+        self.deadline.check("read")
+        return await super().readexactly(n)
+
+    async def readuntil(self, separator: Any = b"\n") -> bytes:
+        self.deadline.check("read")
+        return await super().readuntil(separator)
+
+
+class _Writer(asyncio.StreamWriter):
+    """StreamWriter with a write deadline: writes after it, and drains past it, fail."""
+
+    deadline = _Deadline()  # replaced per instance
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.deadline.check("write")
+        super().write(data)
+
+    async def drain(self) -> None:
+        await self.deadline.wait("write", super().drain())
 
 
 class HijackedConnection(ByteStream):
@@ -84,6 +142,7 @@ class HijackedConnection(ByteStream):
         pending: bytes,
         *,
         eof: bool = False,
+        info: ConnectionInfo | None = None,
         connections: set[Any] | None = None,
         shutdown_grace: float | None = None,
         limit: int = DEFAULT_LIMIT,
@@ -92,11 +151,14 @@ class HijackedConnection(ByteStream):
         self.pending: bytes = pending
         """Bytes the server had read after the request head that the app had not received."""
         self.transport: asyncio.Transport = transport
+        self.info: ConnectionInfo | None = info
+        """Identity and per-connection state of the HTTP connection this was (``http.connection``)."""
         self._closed_event = asyncio.Event()
         self._shutdown_event = asyncio.Event()
         self._shutdown_callbacks: list[Callable[[], object]] = []
         reader = _Reader(limit=limit, loop=loop)
         reader.owner = self
+        reader.deadline = _Deadline()
         protocol = _HijackedProtocol(reader, self, connections if connections is not None else set(), shutdown_grace)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
@@ -105,8 +167,10 @@ class HijackedConnection(ByteStream):
             reader.feed_data(pending)
         if eof:
             reader.feed_eof()
+        writer = _Writer(transport, protocol, reader, loop)
+        writer.deadline = _Deadline()
         self.reader: asyncio.StreamReader = reader
-        self.writer: asyncio.StreamWriter = asyncio.StreamWriter(transport, protocol, reader, loop)
+        self.writer: asyncio.StreamWriter = writer
 
     # -- inspection -----------------------------------------------------------------
     @property
@@ -119,6 +183,43 @@ class HijackedConnection(ByteStream):
     def is_closing(self) -> bool:
         """True once the connection is closed or closing."""
         return self.transport.is_closing()
+
+    # -- deadlines and keepalive (Go's SetDeadline, SetKeepAlivePeriod) ---------------
+    def set_read_deadline(self, deadline: float | None) -> None:
+        """Reads that would wait past ``deadline`` (``loop.time()`` seconds; None: never) raise TimeoutError.
+
+        The deadline can be moved at any time, also while a read waits; a read after it
+        fails at once until it is moved.
+        """
+        self._reader_deadline.at = deadline
+
+    def set_write_deadline(self, deadline: float | None) -> None:
+        """Writes after ``deadline``, and ``drain()`` waiting past it (a peer not reading), raise TimeoutError."""
+        self._writer_deadline.at = deadline
+
+    def set_deadline(self, deadline: float | None) -> None:
+        """Set both the read and the write deadline."""
+        self.set_read_deadline(deadline)
+        self.set_write_deadline(deadline)
+
+    def set_keepalive(self, idle: float = 30.0, interval: float | None = None, count: int | None = None) -> None:
+        """Turn on TCP keepalive: first probe after ``idle`` seconds, then every ``interval``, give up after ``count``.
+
+        Docker sets 30 s on its hijacked attach connections. Idle, interval and count are Linux options.
+        """
+        sock = self.socket
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
+            if value is not None and hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), max(1, int(value)))
+
+    @property
+    def _reader_deadline(self) -> _Deadline:
+        return self.reader.deadline  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def _writer_deadline(self) -> _Deadline:
+        return self.writer.deadline  # type: ignore[attr-defined,no-any-return]
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
@@ -160,6 +261,8 @@ class HijackedConnection(ByteStream):
             raise anyio.ClosedResourceError
         try:
             data = await self.reader.read(max_bytes)
+        except TimeoutError:
+            raise
         except OSError as exc:
             raise anyio.BrokenResourceError from exc
         if not data:
@@ -173,6 +276,8 @@ class HijackedConnection(ByteStream):
         self.writer.write(item)
         try:
             await self.writer.drain()
+        except TimeoutError:
+            raise
         except OSError as exc:
             raise anyio.BrokenResourceError from exc
 

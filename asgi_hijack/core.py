@@ -32,6 +32,7 @@ from .errors import (
 )
 from .framing import CHUNKED, ChunkScanner, body_length, find_head_end
 from .head import build_head
+from .lifecycle import CONNECTION_EXTENSION, ConnectionInfo, ConnState, ConnStateHook, registered_hooks
 
 if TYPE_CHECKING:
     from uvicorn.protocols.http.flow_control import FlowControl
@@ -69,8 +70,10 @@ class _Frame:
         self.timer: asyncio.TimerHandle | None = None  # the head timeout, while a head is awaited
 
 
-def _app_entry(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """Wrap the ASGI app: advertise the extension and give it a ``send`` that understands it.
+def _app_entry(
+    app: Callable[..., Awaitable[None]], info: ConnectionInfo, on_response: Callable[[], None]
+) -> Callable[..., Awaitable[None]]:
+    """Wrap the ASGI app: advertise the extensions and give it a ``send`` that understands hijack.
 
     A plain function returning the app's coroutine: no extra frame per request, and
     uvicorn's own sends (its 500 page) bypass it.
@@ -78,7 +81,10 @@ def _app_entry(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[N
 
     def entry(scope: dict[str, Any], receive: Any, send: Callable[[Message], Awaitable[None]]) -> Awaitable[None]:
         ext: dict[str, Any] = {}
-        scope["extensions"] = {EXTENSION: ext}
+        scope["extensions"] = {EXTENSION: ext, CONNECTION_EXTENSION: info.scope_extension()}
+        if info.hooks:
+            info.set(ConnState.ACTIVE)
+            send.__self__.on_response = on_response  # type: ignore[attr-defined]
 
         def send_or_hijack(message: Message) -> Awaitable[None]:
             if ext or message["type"] == EXTENSION:
@@ -114,11 +120,14 @@ class HijackServerMixin:
     """
 
     _hj_upgrade = False  # set (on the instance) when the parser reports a non-WebSocket upgrade
+    conn_state_hooks: tuple[ConnStateHook, ...] = ()
+    """Connection state hooks of a server wrapper (subclass); apps register theirs in lifespan state."""
     head_timeout: float = float(os.environ.get("ASGI_HIJACK_HEAD_TIMEOUT", HEAD_TIMEOUT))
     """Seconds allowed to send a complete request head (see :data:`HEAD_TIMEOUT`)."""
 
     if TYPE_CHECKING:  # provided by uvicorn's protocol classes
         app: Any
+        app_state: dict[str, Any]
         loop: asyncio.AbstractEventLoop
         config: Any
         cycle: Any
@@ -142,11 +151,13 @@ class HijackServerMixin:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.app = _app_entry(self.app)
+        self._hj_conn = ConnectionInfo(registered_hooks(self.conn_state_hooks, self.app_state))
+        self.app = _app_entry(self.app, self._hj_conn, self._hj_on_response)
         self._hj: _Frame | None = None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
+        self._hj_conn.opened(transport)
         # The first head is awaited off the fast path, under the head timeout.
         frame = self._hj = _Frame()
         self._hj_arm_head_timer(frame)
@@ -200,6 +211,8 @@ class HijackServerMixin:
                 self._hj_stock_data_received(data)
                 if self._hj_upgrade:
                     self._hj_tunnel(self.cycle)
+                elif self.cycle is cycle and self.transport.get_protocol() is not self:  # type: ignore[comparison-overlap]
+                    self._hj_conn.set(ConnState.HIJACKED)  # by uvicorn's WebSocket implementation
                 return
             self._hj_enter_slow_path()
         self._hj_process(data)
@@ -245,7 +258,10 @@ class HijackServerMixin:
         cycle.on_response = self._hj_on_response
 
     def _hj_on_response(self) -> None:
+        """The response completed: uvicorn's bookkeeping, the idle hook, then any held bytes."""
         self.on_response_complete()
+        if self._hj_conn.hooks and not self.transport.is_closing():
+            self._hj_conn.set(ConnState.IDLE)
         frame = self._hj
         if frame is None or frame.state != _HELD:
             return
@@ -315,6 +331,7 @@ class HijackServerMixin:
         if protocol is not self:
             # uvicorn handed the connection to its WebSocket implementation.
             frame.state = _DONE
+            self._hj_conn.set(ConnState.HIJACKED)
             if rest:
                 protocol.data_received(rest)
             return b""
@@ -423,6 +440,7 @@ class HijackServerMixin:
         frame.state = _DONE
         if frame.timer is not None:
             frame.timer.cancel()
+        self._hj_conn.set(ConnState.CLOSED)
         super().connection_lost(exc)  # type: ignore[misc]
 
     # -- the hijack ---------------------------------------------------------------------
@@ -467,9 +485,11 @@ class HijackServerMixin:
             transport,
             pending,
             eof=eof,
+            info=self._hj_conn,
             connections=self.connections,
             shutdown_grace=self.config.timeout_graceful_shutdown,
         )
+        self._hj_conn.set(ConnState.HIJACKED)
         if self.access_log:
             scope = cycle.scope
             self.logger.info(

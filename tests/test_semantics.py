@@ -37,7 +37,7 @@ def get_json(server: RunningServer, raw: bytes) -> dict[str, object]:
 def test_extension_advertised_on_http_11_and_10(probe_server: RunningServer) -> None:
     for version in (b"1.1", b"1.0"):
         info = get_json(probe_server, b"GET /scope HTTP/" + version + b"\r\nHost: x\r\n\r\n")
-        assert info["extensions"] == ["http.hijack"]
+        assert info["extensions"] == ["http.connection", "http.hijack"]
         assert info["http_version"] == version.decode()
 
 

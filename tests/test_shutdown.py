@@ -98,7 +98,7 @@ def test_owners_are_notified_and_can_finish_first(parser: str) -> None:
     port = free_port()
     proc = start_uvicorn(parser, port)
     try:
-        socks = hijacked(port, "/until-shutdown", 10)
+        socks = hijacked(port, "/until-shutdown", 100)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         for sock in socks:
