@@ -81,7 +81,10 @@ def _app_entry(
 
     def entry(scope: dict[str, Any], receive: Any, send: Callable[[Message], Awaitable[None]]) -> Awaitable[None]:
         ext: dict[str, Any] = {}
-        scope["extensions"] = {EXTENSION: ext, CONNECTION_EXTENSION: info.scope_extension()}
+        connection = info.extension.copy()
+        connection["request_index"] = info.requests
+        info.requests += 1
+        scope["extensions"] = {EXTENSION: ext, CONNECTION_EXTENSION: connection}
         if info.hooks:
             info.set(ConnState.ACTIVE)
             send.__self__.on_response = on_response  # type: ignore[attr-defined]
@@ -120,6 +123,10 @@ class HijackServerMixin:
     """
 
     _hj_upgrade = False  # set (on the instance) when the parser reports a non-WebSocket upgrade
+    _hj_strict_lf = True
+    """The parser rejects bare-LF line endings itself, so the fast path need not look for them.
+
+    Heads that end in a bare-LF blank line always take the slow path, which normalizes them."""
     conn_state_hooks: tuple[ConnStateHook, ...] = ()
     """Connection state hooks of a server wrapper (subclass); apps register theirs in lifespan state."""
     head_timeout: float = float(os.environ.get("ASGI_HIJACK_HEAD_TIMEOUT", HEAD_TIMEOUT))
@@ -205,7 +212,7 @@ class HijackServerMixin:
             if (
                 (cycle is None or (cycle.response_complete and not cycle.more_body))
                 and data.find(b"\n\r\n") == len(data) - 3
-                and data.count(b"\n") == data.count(b"\r\n")  # no bare LF
+                and (self._hj_strict_lf or data.count(b"\n") == data.count(b"\r\n"))
                 and data[0] != 67  # "C": CONNECT takes the slow path
             ):
                 self._hj_stock_data_received(data)

@@ -11,3 +11,5 @@ __all__ = ["H11HijackProtocol"]
 
 class H11HijackProtocol(HijackServerMixin, H11Protocol):
     """HTTP/1.x over h11, hijackable. Use with ``uvicorn --http asgi_hijack:H11HijackProtocol``."""
+
+    _hj_strict_lf = False  # h11 accepts bare LF: such heads must take the slow path, to be framed as h11 does

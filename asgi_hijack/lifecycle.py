@@ -59,7 +59,7 @@ class ConnectionInfo:
     new owner still reaches it as ``conn.info.state``.
     """
 
-    __slots__ = ("client", "conn_state", "hooks", "id", "peer_credentials", "requests", "server", "state")
+    __slots__ = ("client", "conn_state", "extension", "hooks", "id", "peer_credentials", "requests", "server", "state")
 
     def __init__(self, hooks: tuple[ConnStateHook, ...]) -> None:
         self.id: int = next(_ids)
@@ -70,10 +70,13 @@ class ConnectionInfo:
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int | None] | None = None
         self.conn_state = ConnState.NEW
+        self.extension: dict[str, Any] = {}
+        """Template of the ``http.connection`` extension; each request gets a copy with its index."""
 
     def opened(self, transport: Any) -> None:
         sock = transport.get_extra_info("socket")
         self.peer_credentials = peer_credentials(sock)
+        self.extension = {"id": self.id, "peer_credentials": self.peer_credentials, "state": self.state}
         self.client = transport.get_extra_info("peername") or None
         self.server = transport.get_extra_info("sockname") or None
         self.set(ConnState.NEW)
@@ -88,12 +91,6 @@ class ConnectionInfo:
                 hook(self, state)
             except Exception:
                 _logger.exception("connection state hook %r failed", hook)
-
-    def scope_extension(self) -> dict[str, Any]:
-        """The ``http.connection`` extension for the next request on this connection."""
-        index = self.requests
-        self.requests = index + 1
-        return {"id": self.id, "request_index": index, "peer_credentials": self.peer_credentials, "state": self.state}
 
 
 def registered_hooks(class_hooks: Iterable[ConnStateHook], app_state: Mapping[str, Any]) -> tuple[ConnStateHook, ...]:

@@ -28,7 +28,7 @@ from .api import hijack
 from .connection import HijackedConnection
 from .core import EXTENSION
 
-__all__ = ["Hijacked", "HijackResponse"]
+__all__ = ["HijackResponse", "Hijacked"]
 
 
 class HijackResponse(Response):
@@ -57,8 +57,9 @@ class HijackResponse(Response):
         self.background = background
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        conn = await hijack(scope, receive, send, status=self.status_code or None, reason=self.reason,
-                            headers=self.head_headers)
+        conn = await hijack(
+            scope, receive, send, status=self.status_code or None, reason=self.reason, headers=self.head_headers
+        )
         async with conn:
             await self.handler(conn)
         if self.background is not None:
