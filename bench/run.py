@@ -1,0 +1,511 @@
+"""Run asgi-hijack's benchmarks side by side, print the table, write ``docs/benchmarks.md`` and its chart.
+
+``python -m bench.run`` (full, about 10 minutes) or ``python -m bench.run --quick`` (about 2 minutes).
+Variants of a comparison run in alternating rounds (A B C, C B A, ...) against servers pinned
+to one core while the load generator is pinned to the other; the table reports medians and
+ratios. Exits 1 when a goal is missed (unless ``--no-check``), 2 when a comparison failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench import procs, report
+from bench.procs import CLIENT_CPU, ROOT, Server, free_port, run_client, run_wrk, serve, uvicorn_cmd
+from bench.report import Goal, Row
+
+Result = dict[str, float]
+Measure = Callable[[], Result]
+Pair = tuple[str, str, str, str, Goal | None]  # ours, baseline, metric, unit, goal
+
+HIJACK_PROTOCOLS = {"httptools": "HttpToolsHijackProtocol", "h11": "H11HijackProtocol", "zttp": "ZttpHijackProtocol"}
+STANDIN_PROXY = "bench.apps:connect_proxy_standin"
+SECTIONS = {
+    1: "1. Ordinary requests",
+    2: "2. Hijacked stream throughput",
+    3: "3. Hijack handshakes",
+    4: "4. Memory, idle connections",
+    5: "5. CONNECT proxy",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes and durations of one run."""
+
+    mode: str
+    rounds: int
+    wrk_seconds: float
+    bulk_bytes: int
+    handshake_seconds: float
+    idle_count: int
+    proxy_bytes: int
+    memory_rounds: int
+    connections: int = 50
+    warmup_seconds: float = 1.0
+
+
+FULL = Settings("full", 3, 5, 1 << 30, 10, 10_000, 1 << 30, 2)
+QUICK = Settings("quick", 2, 2, 128 << 20, 2, 2_000, 128 << 20, 1)
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr; the table goes to stdout."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def alternate(section: str, variants: dict[str, Measure], rounds: int) -> dict[str, list[Result]]:
+    """Measure every variant once per round, reversing the order every other round."""
+    results: dict[str, list[Result]] = {name: [] for name in variants}
+    for n in range(rounds):
+        order = list(variants) if n % 2 == 0 else list(variants)[::-1]
+        for name in order:
+            result = variants[name]()
+            results[name].append(result)
+            shown = ", ".join(f"{k} {v:,.2f}" for k, v in result.items())
+            log(f"  {section} | round {n + 1}/{rounds} | {name}: {shown}")
+    return results
+
+
+def on_server(server: Server, measure: Measure) -> Measure:
+    """Add the server's CPU utilisation during ``measure`` to its result."""
+
+    def measured() -> Result:
+        cpu, start = server.cpu_seconds(), time.monotonic()
+        result = measure()
+        result["server_cpu_s"] = server.cpu_seconds() - cpu
+        result["server_cpu"] = result["server_cpu_s"] / (time.monotonic() - start)
+        return result
+
+    return measured
+
+
+class Runner:
+    """Starts servers for each comparison, alternates the variants, collects rows."""
+
+    def __init__(self, settings: Settings, parsers: Sequence[str], proxy_app: str) -> None:
+        self.s = settings
+        self.parsers = parsers
+        self.proxy_app = proxy_app
+        self.rows: list[Row] = []
+        self.samples: dict[str, dict[str, list[Result]]] = {}
+        self.stack = contextlib.ExitStack()
+
+    @contextlib.contextmanager
+    def servers(self) -> Iterator[None]:
+        """Servers started inside this block are stopped when it ends."""
+        outer, self.stack = self.stack, contextlib.ExitStack()
+        try:
+            with self.stack:
+                yield
+        finally:
+            self.stack = outer
+
+    # -- servers -------------------------------------------------------------------------
+    def uvicorn(self, name: str, app: str, http: str, *extra: str, env: dict[str, str] | None = None) -> Server:
+        """Start a uvicorn server for the current comparison."""
+        port = free_port()
+        cmd = uvicorn_cmd(app, http, port, "--timeout-keep-alive", "3600", *extra)
+        return self.stack.enter_context(serve(name, cmd, port, env=env))
+
+    def go(self, *, raw: bool = False, cpu: int = procs.SERVER_CPU) -> Server:
+        """Build (if needed) and start the Go hijack server; ``raw`` serves the stream protocol on bare TCP."""
+        binary = ROOT / "bench/.build/hijack_server"
+        source = ROOT / "bench/go/hijack_server.go"
+        if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+            binary.parent.mkdir(exist_ok=True)
+            subprocess.run(["go", "build", "-o", str(binary), str(source)], check=True, cwd=source.parent)
+        port = free_port()
+        flag = "-raw" if raw else "-http"
+        return self.stack.enter_context(serve("go", [str(binary), flag, f"{procs.HOST}:{port}"], port, cpu=cpu))
+
+    def node(self) -> Server:
+        """Start the Node ``server.on('upgrade')`` server."""
+        port = free_port()
+        cmd = ["node", str(ROOT / "bench/node/upgrade_server.js"), str(port)]
+        return self.stack.enter_context(serve("node", cmd, port))
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def rows_for(
+        self, section: str, results: dict[str, list[Result]], pairs: Sequence[Pair], delta: bool = False
+    ) -> None:
+        """Add a row per ``(ours, baseline, metric, unit, goal)``; ``delta`` rows compare by difference."""
+        self.samples.setdefault(section, {}).update(results)
+        for ours, base, key, unit, goal in pairs:
+            row = Row(section, ours, base, key, unit, [r[key] for r in results[ours]], [r[key] for r in results[base]])
+            row.goal, row.delta, row.chart = goal, delta, key != "cpu_us"
+            busy = [v for v in (ours, base) if statistics.median(r.get("client_cpu", 0) for r in results[v]) > 0.85]
+            if busy:
+                row.note = f"load generator saturated on {', '.join(busy)}"
+            self.rows.append(row)
+
+    def warm(self, variants: dict[str, Measure]) -> None:
+        """One unrecorded pass over every variant."""
+        for measure in variants.values():
+            measure()
+
+    # -- comparisons ---------------------------------------------------------------------
+    def ordinary(self, section: str) -> None:
+        """Keep-alive GETs of a plain ASGI app with wrk: hijack protocol vs stock, per parser."""
+        for parser in self.parsers:
+            with self.servers():
+                servers = {
+                    f"{HIJACK_PROTOCOLS[parser]}": self.uvicorn("ours", "bench.apps:hello", hijack_http(parser)),
+                    f"{parser}": self.uvicorn("stock", "bench.apps:hello", parser),
+                }
+                self.warm({n: self.wrk(srv, self.s.warmup_seconds) for n, srv in servers.items()})
+                variants = {n: self.wrk(srv, self.s.wrk_seconds) for n, srv in servers.items()}
+                ours, stock = variants
+                results = alternate(f"{section} [{parser}]", variants, self.s.rounds)
+                for result in (r for samples in results.values() for r in samples):
+                    result["cpu_us"] = result["server_cpu_s"] / result["requests"] * 1e6
+                pairs: list[Pair] = [(ours, stock, "value", "req/s", Goal(0.98)), (ours, stock, "cpu_us", "µs", None)]
+                self.rows_for(section, results, pairs)
+
+    def wrk(self, server: Server, seconds: float) -> Measure:
+        """Measure of one wrk run against ``server``."""
+        return on_server(server, lambda: run_wrk(server.port, seconds, self.s.connections))
+
+    def throughput(self, section: str) -> None:
+        """Bulk upload and download through one hijacked connection vs asyncio.start_server vs Go."""
+        plain_port = free_port()
+        with self.servers():
+            ours = self.uvicorn(
+                "ours",
+                "bench.apps:tcp_upgrade",
+                hijack_http(self.parsers[0]),
+                env={"BENCH_PLAIN_PORT": str(plain_port)},
+            )
+            variants = {
+                "hijacked": on_server(ours, bulk(ours.port, "tcp", self.s.bulk_bytes)),
+                "asyncio.start_server": on_server(ours, bulk(plain_port, "none", self.s.bulk_bytes)),
+            }
+            warmups = {"hijacked": bulk(ours.port, "tcp", 32 << 20), "plain": bulk(plain_port, "none", 32 << 20)}
+            if have("go"):
+                go = self.go()
+                variants["Go net/http Hijack"] = on_server(go, bulk(go.port, "tcp", self.s.bulk_bytes))
+                warmups["go"] = bulk(go.port, "tcp", 32 << 20)
+            self.warm(warmups)
+            results = alternate(section, variants, self.s.rounds)
+        pairs: list[Pair] = []
+        for key in ("upload", "download"):
+            pairs.append(("hijacked", "asyncio.start_server", key, "MiB/s", Goal(0.95)))
+            if "Go net/http Hijack" in results:
+                pairs.append(("hijacked", "Go net/http Hijack", key, "MiB/s", None))
+        self.rows_for(section, results, pairs)
+
+    def handshakes(self, section: str) -> None:
+        """New connection + upgrade + one 64-byte echo + close, 50 clients: hijack vs WebSocket, Go, Node."""
+        targets: dict[str, tuple[Server, str]] = {}
+        pairs: list[Pair] = []
+        with self.servers():
+            for parser in self.parsers:
+                name, ws_name = f"{HIJACK_PROTOCOLS[parser]} hijack", f"{parser} WebSocket"
+                targets[name] = (self.uvicorn("ours", "bench.apps:tcp_upgrade", hijack_http(parser)), "tcp")
+                targets[ws_name] = (self.uvicorn("websocket", "bench.apps:ws_echo", parser), "ws")
+                pairs.append((name, ws_name, "value", "conn/s", Goal(1.0, strict=True)))
+            best = f"{HIJACK_PROTOCOLS[self.parsers[0]]} hijack"
+            for tool, name, start in (("go", "Go net/http Hijack", self.go), ("node", "Node upgrade", self.node)):
+                if have(tool):
+                    targets[name] = (start(), "tcp")
+                    pairs.append((best, name, "value", "conn/s", None))
+
+            def measure(seconds: float) -> dict[str, Measure]:
+                c = self.s.connections
+                return {n: on_server(srv, handshake(srv.port, kind, seconds, c)) for n, (srv, kind) in targets.items()}
+
+            self.warm(measure(self.s.warmup_seconds))
+            results = alternate(section, measure(self.s.handshake_seconds), self.s.rounds)
+        self.rows_for(section, results, pairs)
+
+    def memory(self, section: str) -> None:
+        """RSS per idle connection: hijacked vs keep-alive on stock uvicorn (and on the hijack protocol)."""
+        count = self.s.idle_count
+        variants: dict[str, Measure] = {}
+        pairs: list[Pair] = []
+        for parser in self.parsers:
+            proto = hijack_http(parser)
+            stock, hijacked = f"{parser} keep-alive", f"{HIJACK_PROTOCOLS[parser]} hijacked"
+            keepalive = f"{HIJACK_PROTOCOLS[parser]} keep-alive"
+            variants[stock] = self.idle_measure("bench.apps:hello", parser, "get", count)
+            variants[hijacked] = self.idle_measure("bench.apps:tcp_upgrade", proto, "tcp", count)
+            variants[keepalive] = self.idle_measure("bench.apps:hello", proto, "get", count)
+            pairs += [(hijacked, stock, "value", "KiB/conn", Goal(2.0)), (keepalive, stock, "value", "KiB/conn", None)]
+        main = self.parsers[0]
+        plain = "asyncio.start_server streams"
+        variants[plain] = self.idle_measure("bench.apps:tcp_upgrade", hijack_http(main), "none", count, plain=True)
+        pairs.append((f"{HIJACK_PROTOCOLS[main]} hijacked", plain, "value", "KiB/conn", None))
+        results = alternate(section, variants, self.s.memory_rounds)
+        self.rows_for(section, results, pairs, delta=True)
+
+    def idle_measure(self, app: str, http: str, kind: str, count: int, *, plain: bool = False) -> Measure:
+        """Fresh server; RSS growth per connection while a client holds ``count`` idle connections.
+
+        ``plain`` connects to the app's ``asyncio.start_server`` instead of uvicorn.
+        """
+
+        def measure() -> Result:
+            with self.servers():
+                port = free_port()
+                server = self.uvicorn("idle", app, http, env={"BENCH_PLAIN_PORT": str(port)} if plain else None)
+                port = port if plain else server.port
+                client = subprocess.Popen(
+                    procs.client_cmd("idle", "--port", str(port), "--kind", kind, "--count", str(count)),
+                    cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                )  # fmt: skip
+                assert client.stdin and client.stdout
+                try:
+                    if client.stdout.readline().strip() != "warm":
+                        raise RuntimeError("idle client failed while warming up")
+                    time.sleep(0.5)
+                    rss, fds = server.rss_kib(), server.fds()
+                    client.stdin.write("\n")
+                    client.stdin.flush()
+                    opened = json.loads(client.stdout.readline())["opened"]
+                    deadline = time.monotonic() + 10  # established client-side may still wait in the accept queue
+                    while server.fds() - fds < opened and time.monotonic() < deadline:
+                        time.sleep(0.2)
+                    rss, fds = server.rss_kib() - rss, server.fds() - fds
+                    if opened < count or fds < opened:
+                        raise RuntimeError(f"only {opened}/{count} connections opened, {fds} server fds")
+                    client.stdin.write("\n")
+                    client.stdin.flush()
+                    client.wait(30)
+                finally:
+                    if client.poll() is None:
+                        client.kill()
+                        client.wait()
+            return {"value": rss / opened}
+
+        return measure
+
+    def proxy(self, section: str) -> None:
+        """1 transfer each way through a CONNECT tunnel: the proxy app (and the fast relay) vs pproxy."""
+        size = self.s.proxy_bytes
+        app_name = "stand-in proxy" if self.proxy_app == STANDIN_PROXY else self.proxy_app
+        with self.servers():
+            target = self.go(raw=True, cpu=CLIENT_CPU)
+            http = hijack_http("httptools")
+            allow = {
+                "CONNECT_PROXY_ALLOW": f"{procs.HOST}:{target.port}"
+            }  # examples/connect_proxy.py is closed by default
+            servers = {
+                app_name: self.uvicorn("proxy", self.proxy_app, http, env=allow),
+                "fast relay": self.uvicorn("fast", "bench.apps:connect_proxy_fast", http),
+            }
+            if have("pproxy"):
+                port = free_port()
+                cmd = [sys.executable, "-m", "bench.pproxy_uvloop", "-l", f"http://{procs.HOST}:{port}"]
+                servers["pproxy"] = self.stack.enter_context(serve("pproxy", cmd, port))
+            variants = {n: on_server(srv, bulk(srv.port, "connect", size, target.port)) for n, srv in servers.items()}
+            self.warm({n: bulk(srv.port, "connect", 32 << 20, target.port) for n, srv in servers.items()})
+            results = alternate(section, variants, self.s.rounds)
+        pairs: list[Pair] = []
+        for key in ("upload", "download"):
+            if "pproxy" in results:
+                pairs.append((app_name, "pproxy", key, "MiB/s", Goal(1.0, strict=True)))
+                pairs.append(("fast relay", "pproxy", key, "MiB/s", None))
+            pairs.append(("fast relay", app_name, key, "MiB/s", None))
+        self.rows_for(section, results, pairs)
+
+
+def hijack_http(parser: str) -> str:
+    """``--http`` value of our protocol class for ``parser``."""
+    return f"asgi_hijack:{HIJACK_PROTOCOLS[parser]}"
+
+
+def have(tool: str) -> bool:
+    """Whether an optional baseline can run (missing ones are skipped with a note)."""
+    if tool == "pproxy":
+        return importlib.util.find_spec("pproxy") is not None
+    return procs.version([tool, "version" if tool == "go" else "--version"]) != "missing"
+
+
+def bulk(port: int, preface: str, size: int, target: int = 0) -> Measure:
+    """Measure of one ``bench.clients bulk`` run (upload and download MiB/s)."""
+    args = ["bulk", "--port", str(port), "--preface", preface, "--bytes", str(size), "--target", str(target)]
+    return lambda: run_client(*args)
+
+
+def handshake(port: int, kind: str, seconds: float, concurrency: int) -> Measure:
+    """Measure of one ``bench.clients handshake`` run (connections per second)."""
+    args = ["handshake", "--port", str(port), "--kind", kind, "--seconds", str(seconds)]
+    return lambda: run_client(*args, "--concurrency", str(concurrency))
+
+
+def available_parsers(wanted: Sequence[str]) -> list[str]:
+    """The parsers whose hijack protocol class exists in asgi_hijack."""
+    module = importlib.import_module("asgi_hijack")
+    found = [p for p in wanted if hasattr(module, HIJACK_PROTOCOLS[p])]
+    for p in set(wanted) - set(found):
+        log(f"skipping {p}: asgi_hijack.{HIJACK_PROTOCOLS[p]} does not exist yet")
+    return found
+
+
+def machine() -> dict[str, str]:
+    """What the numbers were measured on."""
+    import uvicorn
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())  # fmt: skip
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} CPUs, server on CPU {procs.SERVER_CPU}, clients on CPU {CLIENT_CPU}"
+        + ("" if procs.PINNING else " (NOT pinned)"),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "uvicorn": uvicorn.__version__,
+        "uvloop": importlib.metadata.version("uvloop"),
+        "go": procs.version(["go", "version"]),
+        "node": procs.version(["node", "--version"]),
+        "wrk": procs.version(["wrk", "--version"]).split(" Copyright")[0],
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min) at the end",
+    }
+
+
+def markdown(runner: Runner, rows: list[Row], meta: dict[str, str], errors: list[str], elapsed: float) -> str:
+    """The whole ``docs/benchmarks.md``."""
+    s = runner.s
+    samples = ["| Comparison | Variant | Per round | Server CPU | Client CPU |", "|---|---|---|---|---|"]
+    for section, results in runner.samples.items():
+        for name, runs in results.items():
+            key = "value" if "value" in runs[0] else "upload"
+            per_round = ", ".join(
+                report.fmt(r[key]) + (f" / {r['download']:,.0f}" if key == "upload" else "") for r in runs
+            )
+            cpus = [", ".join(f"{r[k]:.0%}" for r in runs if k in r) or "—" for k in ("server_cpu", "client_cpu")]
+            samples.append(f"| {section.split('.')[0]} | {name} | {per_round} | {cpus[0]} | {cpus[1]} |")
+    failed = "".join(f"\n**Failed:** `{e}`\n" for e in errors)
+    return f"""# Benchmarks
+
+<!-- Generated by `make bench` (python -m bench.run); do not edit by hand. -->
+
+Measured with `{"make bench" if s.mode == "full" else "make bench-quick"}` ({s.mode} mode, {elapsed / 60:.1f} min) on \
+{datetime.date.today()}:
+
+- {meta["cpu"]}; {meta["os"]}; load average {meta["load"]}
+- Python {meta["python"]}, uvicorn {meta["uvicorn"]}, uvloop {meta["uvloop"]}; {meta["go"]}; Node {meta["node"]};
+  {meta["wrk"]}
+
+Absolute numbers drift on a shared 2-core machine, so each comparison runs its variants side by side in
+{s.rounds} alternating rounds (A B C, then C B A, ...; memory: {s.memory_rounds}) and reports the medians and
+their ratio. Servers run pinned to one core, load generators (`wrk`, and the uvloop clients in
+`bench/clients.py`) to the other. A row notes when the load generator was saturated: the baseline may then
+be faster than shown.
+
+![ours / baseline per comparison, and memory per idle connection](benchmarks.png)
+
+{report.table(rows)}
+{failed}
+## What is measured
+
+1. **Ordinary requests**: `wrk -t1 -c{s.connections} -d{s.wrk_seconds:g}s` keep-alive GETs of a plain ASGI hello
+   world (`bench/apps.py:hello`), access log off: our protocol class vs uvicorn's own, per parser. The server's
+   CPU time per request is shown too: it is less sensitive than req/s to other load on the machine.
+2. **Hijacked stream throughput**: one connection, {s.bulk_bytes >> 20} MiB client→server (`sink`) then
+   server→client (`source`), served by the same coroutine (`bench/apps.py:serve_stream`) on the hijacked
+   connection's `reader`/`writer` and on an `asyncio.start_server` started by the app in the same uvicorn
+   process and loop; and by a Go `net/http` server after `Hijack()` (`bench/go/hijack_server.go`).
+3. **Hijack handshakes**: {s.connections} concurrent clients for {s.handshake_seconds:g} s, each looping over: new TCP
+   connection, `Upgrade: tcp` request, `101`, one 64-byte echo round trip, close. uvicorn's WebSocket path
+   (stock protocol class, default `--ws`) does the same with a WebSocket echo of one 64-byte message. Go and
+   Node (`bench/node/upgrade_server.js`, `server.on('upgrade')`) serve the `Upgrade: tcp` variant.
+4. **Memory**: growth of the server's RSS while a client holds {s.idle_count:,} idle connections (after a
+   warm-up), per connection: hijacked (the app awaits a command on `conn.reader`) vs keep-alive on stock
+   uvicorn; also keep-alive on our protocol class, and idle `asyncio.start_server` connections running the
+   same coroutine (what the streams and the app task cost by themselves).
+5. **CONNECT proxy**: {s.proxy_bytes >> 20} MiB each way through a CONNECT tunnel to a Go upstream (on the client
+   core), with the proxy app `{runner.proxy_app}`, with the transport-level relay of
+   `bench/relay_proposal.py` (`bench.apps:connect_proxy_fast`), and with `pproxy` (on uvloop).
+
+## Profiling
+
+To see where a server spends its time, run it under py-spy with the same pinning and load, e.g.:
+
+```sh
+taskset -c 0 py-spy record --format raw -o prof.txt -- python -m uvicorn bench.apps:hello \\
+    --http asgi_hijack:HttpToolsHijackProtocol --loop uvloop --no-access-log --port 8000 &
+taskset -c 1 wrk -t1 -c50 -d10s http://127.0.0.1:8000/; kill -INT %1
+```
+
+## Samples
+
+Per round: the primary metric (bulk rows: upload / download MiB/s; memory: KiB per connection) and the CPU
+utilisation of the server and of the load generator.
+
+{chr(10).join(samples)}
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse options, run the selected comparisons, report; return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="seconds-scale runs and smaller transfers")
+    parser.add_argument("--only", default="1,2,3,4,5", help="comparisons to run, e.g. 1,3 (default: all)")
+    parser.add_argument("--rounds", type=int, help="alternating rounds per comparison")
+    parser.add_argument("--parsers", default="httptools,h11,zttp", help="parsers to compare, first is the main one")
+    default_proxy = "examples.connect_proxy:app" if (ROOT / "examples/connect_proxy.py").exists() else STANDIN_PROXY
+    parser.add_argument("--proxy-app", default=default_proxy, help=f"CONNECT proxy app (default: {default_proxy})")
+    parser.add_argument("--docs", type=Path, help="write benchmarks.md/.png here (default: docs/ in full mode)")
+    parser.add_argument("--no-check", action="store_true", help="exit 0 even when a goal is missed")
+    args = parser.parse_args(argv)
+
+    settings = QUICK if args.quick else FULL
+    if args.rounds:
+        settings = Settings(**{**asdict(settings), "rounds": args.rounds, "memory_rounds": args.rounds})
+    docs = args.docs or (None if args.quick else ROOT / "docs")
+    nofile = procs.raise_nofile(settings.idle_count + 4096)
+    if nofile < settings.idle_count + 1000:
+        settings = Settings(**{**asdict(settings), "idle_count": nofile - 1000})
+        log(f"open-files limit {nofile}: memory comparison uses {settings.idle_count} connections")
+    runner = Runner(settings, available_parsers(args.parsers.split(",")), args.proxy_app)
+    comparisons = {1: runner.ordinary, 2: runner.throughput, 3: runner.handshakes, 4: runner.memory, 5: runner.proxy}
+    errors: list[str] = []
+    start = time.monotonic()
+    for number in sorted({int(n) for n in args.only.split(",")}):
+        section = SECTIONS[number]
+        log(f"{section} ...")
+        try:
+            comparisons[number](section)
+        except Exception as exc:
+            traceback.print_exc()
+            errors.append(f"{section}: {exc!r}"[:500])
+    elapsed = time.monotonic() - start
+
+    rows = runner.rows
+    print(report.table(rows))
+    for error in errors:
+        print(f"\nFAILED {error}")
+    if docs is not None:
+        docs.mkdir(parents=True, exist_ok=True)
+        (docs / "benchmarks.md").write_text(markdown(runner, rows, machine(), errors, elapsed))
+        if rows:
+            report.chart(rows, docs / "benchmarks.png", f"asgi-hijack benchmarks ({settings.mode} mode)")
+        log(f"wrote {docs / 'benchmarks.md'} and {docs / 'benchmarks.png'}")
+    raw = ROOT / "bench/.build/last-run.json"
+    raw.parent.mkdir(exist_ok=True)
+    raw.write_text(json.dumps({"settings": asdict(settings), "samples": runner.samples}, indent=1))
+    log(f"done in {elapsed:.0f} s")
+    if errors:
+        return 2
+    missed = [row for row in rows if row.passed is False]
+    return 1 if missed and not args.no_check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

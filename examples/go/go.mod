@@ -1,0 +1,3 @@
+module asgi-hijack/examples/go
+
+go 1.19
