@@ -22,16 +22,24 @@ PROTOCOL_HINT = (
 
 
 class _RequestLike(Protocol):
-    scope: Any
-    receive: Any
-    _send: Any
+    """What hijack() needs of a Starlette ``Request``."""
+
+    @property
+    def scope(self) -> Any: ...
+    @property
+    def receive(self) -> Any: ...
+    @property
+    def _send(self) -> Any: ...
 
 
 def _describe(send: object) -> str:
+    """Name a send callable: the class of a bound method's instance (the real middleware), or the function."""
+    owner = getattr(send, "__self__", None)
     func = getattr(send, "__func__", send)
-    module = getattr(func, "__module__", None) or type(send).__module__
-    name = getattr(func, "__qualname__", None) or type(send).__qualname__
-    return f"{module}.{name}"
+    name = getattr(func, "__name__", None) or type(send).__qualname__
+    if owner is not None:
+        return f"{type(owner).__module__}.{type(owner).__qualname__}.{name}"
+    return f"{getattr(func, '__module__', None) or type(send).__module__}.{getattr(func, '__qualname__', name)}"
 
 
 def _unsupported(scope: Scope) -> HijackNotSupported:

@@ -48,7 +48,7 @@ class _HijackedProtocol(asyncio.StreamReaderProtocol):
             self._close_timer.cancel()
         owner = self._owner()
         if owner is not None:
-            owner._closed_event.set()
+            owner._set_closed()
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
@@ -84,11 +84,14 @@ class _Deadline:
             raise TimeoutError(f"{what} deadline exceeded; move it with set_{what}_deadline() to continue") from None
 
 
+_NO_DEADLINE = _Deadline()  # shared until a deadline is set
+
+
 class _Reader(asyncio.StreamReader):
     """StreamReader with a read deadline, keeping its connection alive while referenced."""
 
     owner: HijackedConnection | None = None
-    deadline = _Deadline()  # replaced per instance
+    deadline = _NO_DEADLINE
 
     async def _wait_for_data(self, func_name: str) -> None:
         await self.deadline.wait("read", super()._wait_for_data(func_name))  # type: ignore[misc]
@@ -113,7 +116,7 @@ class _Reader(asyncio.StreamReader):
 class _Writer(asyncio.StreamWriter):
     """StreamWriter with a write deadline: writes after it, and drains past it, fail."""
 
-    deadline = _Deadline()  # replaced per instance
+    deadline = _NO_DEADLINE
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.deadline.check("write")
@@ -153,12 +156,14 @@ class HijackedConnection(ByteStream):
         self.transport: asyncio.Transport = transport
         self.info: ConnectionInfo | None = info
         """Identity and per-connection state of the HTTP connection this was (``http.connection``)."""
-        self._closed_event = asyncio.Event()
-        self._shutdown_event = asyncio.Event()
-        self._shutdown_callbacks: list[Callable[[], object]] = []
+        # Events are made on first use: each costs a deque, and most connections never wait.
+        self._closed = False
+        self._closed_event: asyncio.Event | None = None
+        self._shutdown = False
+        self._shutdown_event: asyncio.Event | None = None
+        self._shutdown_callbacks: list[Callable[[], object]] | None = None
         reader = _Reader(limit=limit, loop=loop)
         reader.owner = self
-        reader.deadline = _Deadline()
         protocol = _HijackedProtocol(reader, self, connections if connections is not None else set(), shutdown_grace)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
@@ -168,7 +173,6 @@ class HijackedConnection(ByteStream):
         if eof:
             reader.feed_eof()
         writer = _Writer(transport, protocol, reader, loop)
-        writer.deadline = _Deadline()
         self.reader: asyncio.StreamReader = reader
         self.writer: asyncio.StreamWriter = writer
 
@@ -191,11 +195,11 @@ class HijackedConnection(ByteStream):
         The deadline can be moved at any time, also while a read waits; a read after it
         fails at once until it is moved.
         """
-        self._reader_deadline.at = deadline
+        self._own_deadline(self.reader).at = deadline
 
     def set_write_deadline(self, deadline: float | None) -> None:
         """Writes after ``deadline``, and ``drain()`` waiting past it (a peer not reading), raise TimeoutError."""
-        self._writer_deadline.at = deadline
+        self._own_deadline(self.writer).at = deadline
 
     def set_deadline(self, deadline: float | None) -> None:
         """Set both the read and the write deadline."""
@@ -213,13 +217,12 @@ class HijackedConnection(ByteStream):
             if value is not None and hasattr(socket, name):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), max(1, int(value)))
 
-    @property
-    def _reader_deadline(self) -> _Deadline:
-        return self.reader.deadline  # type: ignore[attr-defined,no-any-return]
-
-    @property
-    def _writer_deadline(self) -> _Deadline:
-        return self.writer.deadline  # type: ignore[attr-defined,no-any-return]
+    @staticmethod
+    def _own_deadline(stream: Any) -> _Deadline:
+        if stream.deadline is _NO_DEADLINE:
+            stream.deadline = _Deadline()
+        deadline: _Deadline = stream.deadline
+        return deadline
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
@@ -235,21 +238,38 @@ class HijackedConnection(ByteStream):
     @property
     def shutdown_requested(self) -> asyncio.Event:
         """Set when the server begins a graceful shutdown: finish up and close."""
+        if self._shutdown_event is None:
+            self._shutdown_event = asyncio.Event()
+            if self._shutdown:
+                self._shutdown_event.set()
         return self._shutdown_event
 
     def on_shutdown(self, callback: Callable[[], object]) -> None:
         """Call ``callback()`` when the server begins a graceful shutdown."""
+        if self._shutdown_callbacks is None:
+            self._shutdown_callbacks = []
         self._shutdown_callbacks.append(callback)
 
     def _notify_shutdown(self) -> None:
-        if self._shutdown_event.is_set():
+        if self._shutdown:
             return
-        self._shutdown_event.set()
-        for callback in self._shutdown_callbacks:
+        self._shutdown = True
+        if self._shutdown_event is not None:
+            self._shutdown_event.set()
+        for callback in self._shutdown_callbacks or ():
             callback()
+
+    def _set_closed(self) -> None:
+        self._closed = True
+        if self._closed_event is not None:
+            self._closed_event.set()
 
     async def wait_closed(self) -> None:
         """Wait until the socket is closed (by either side)."""
+        if self._closed:
+            return
+        if self._closed_event is None:
+            self._closed_event = asyncio.Event()
         await self._closed_event.wait()
 
     # -- anyio ByteStream -----------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -55,11 +56,17 @@ Message = dict[str, Any]
 
 
 class _Frame:
-    """Framing state of a connection off the fast path."""
+    """Per-connection state of the core. The framing fields are live only while ``busy``.
 
-    __slots__ = ("chunks", "eof", "held", "left", "manual", "partial", "state", "timer")
+    One object behind one attribute keeps uvicorn's protocol instances within CPython's
+    key-sharing dict limit (a larger instance dict costs memory and attribute speed).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("busy", "chunks", "eof", "held", "info", "left", "manual", "partial", "state", "timer")
+
+    def __init__(self, info: ConnectionInfo) -> None:
+        self.info = info
+        self.busy = False  # off the fast path: the framing fields below are live
         self.state = _HEAD
         self.partial = b""  # an incomplete request head, not yet fed
         self.held = bytearray()  # bytes after a complete message, not yet fed
@@ -71,12 +78,13 @@ class _Frame:
 
 
 def _app_entry(
-    app: Callable[..., Awaitable[None]], info: ConnectionInfo, on_response: Callable[[], None]
+    app: Callable[..., Awaitable[None]], info: ConnectionInfo, protocol: weakref.ref[HijackServerMixin]
 ) -> Callable[..., Awaitable[None]]:
     """Wrap the ASGI app: advertise the extensions and give it a ``send`` that understands hijack.
 
     A plain function returning the app's coroutine: no extra frame per request, and
-    uvicorn's own sends (its 500 page) bypass it.
+    uvicorn's own sends (its 500 page) bypass it. It holds the protocol weakly, so that a
+    hijacked connection's app does not keep the protocol and its parser alive.
     """
 
     def entry(scope: dict[str, Any], receive: Any, send: Callable[[Message], Awaitable[None]]) -> Awaitable[None]:
@@ -87,7 +95,9 @@ def _app_entry(
         scope["extensions"] = {EXTENSION: ext, CONNECTION_EXTENSION: connection}
         if info.hooks:
             info.set(ConnState.ACTIVE)
-            send.__self__.on_response = on_response  # type: ignore[attr-defined]
+            owner = protocol()
+            if owner is not None:
+                send.__self__.on_response = owner._hj_on_response  # type: ignore[attr-defined]
 
         def send_or_hijack(message: Message) -> Awaitable[None]:
             if ext or message["type"] == EXTENSION:
@@ -113,6 +123,48 @@ async def _special_send(send: Callable[[Message], Awaitable[None]], ext: dict[st
             "request. Call hijack() from inside the request handler, before it returns."
         )
     ext["connection"] = await protocol._hj_hijack(cycle, message)
+
+
+class _Detached:
+    """Stands in for a hijacked cycle's flow control and message event (uvicorn's code on a
+    ``disconnected`` cycle only reads ``write_paused`` and calls ``set``/``clear``/``wait``)."""
+
+    write_paused = False
+
+    def set(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+    async def wait(self) -> bool:
+        return True
+
+
+_DETACHED = _Detached()
+
+
+def _noop() -> None:
+    pass
+
+
+def _release(cycle: Any) -> None:
+    """Detach a hijacked request cycle from the server.
+
+    The app's ``receive``/``send`` keep the cycle alive for as long as the app runs;
+    ``disconnected`` makes uvicorn's code on it a no-op (``receive`` returns
+    ``http.disconnect``, uvicorn's own error page is not sent), and dropping its links
+    lets the protocol, its parser and its flow control be freed.
+    """
+    cycle.disconnected = True
+    cycle.waiting_for_100_continue = False
+    cycle.body = bytearray()
+    cycle.message_event.set()  # wake a receive() in progress: it returns http.disconnect
+    cycle.message_event = _DETACHED
+    cycle.on_response = _noop
+    cycle.flow = _DETACHED
+    if hasattr(cycle, "conn"):  # the h11 / zttp connection state machine
+        cycle.conn = None
 
 
 class HijackServerMixin:
@@ -158,15 +210,15 @@ class HijackServerMixin:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._hj_conn = ConnectionInfo(registered_hooks(self.conn_state_hooks, self.app_state))
-        self.app = _app_entry(self.app, self._hj_conn, self._hj_on_response)
-        self._hj: _Frame | None = None
+        info = ConnectionInfo(registered_hooks(self.conn_state_hooks, self.app_state))
+        self.app = _app_entry(self.app, info, weakref.ref(self))
+        self._hj = _Frame(info)
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
-        self._hj_conn.opened(transport)
         # The first head is awaited off the fast path, under the head timeout.
-        frame = self._hj = _Frame()
+        frame = self._hj_enter_slow_path()
+        frame.info.opened(transport)
         self._hj_arm_head_timer(frame)
 
     def _hj_arm_head_timer(self, frame: _Frame) -> None:
@@ -175,7 +227,7 @@ class HijackServerMixin:
 
     def _hj_head_timed_out(self) -> None:
         frame = self._hj
-        if frame is None or frame.state != _HEAD or self.transport.is_closing():
+        if not frame.busy or frame.state != _HEAD or self.transport.is_closing():
             return
         frame.state = _DONE
         if frame.partial:
@@ -207,7 +259,7 @@ class HijackServerMixin:
 
     # -- the fast path --------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if self._hj is None:
+        if not self._hj.busy:
             cycle = self.cycle
             if (
                 (cycle is None or (cycle.response_complete and not cycle.more_body))
@@ -219,7 +271,7 @@ class HijackServerMixin:
                 if self._hj_upgrade:
                     self._hj_tunnel(self.cycle)
                 elif self.cycle is cycle and self.transport.get_protocol() is not self:  # type: ignore[comparison-overlap]
-                    self._hj_conn.set(ConnState.HIJACKED)  # by uvicorn's WebSocket implementation
+                    self._hj.info.set(ConnState.HIJACKED)  # by uvicorn's WebSocket implementation
                 return
             self._hj_enter_slow_path()
         self._hj_process(data)
@@ -239,9 +291,13 @@ class HijackServerMixin:
     # -- the slow path: framing state ------------------------------------------------
     def _hj_enter_slow_path(self) -> _Frame:
         frame = self._hj
-        if frame is not None:
+        if frame.busy:
             return frame
-        frame = self._hj = _Frame()
+        frame.busy = True
+        frame.partial = b""
+        frame.left = 0
+        frame.chunks = None
+        frame.manual = False
         cycle = self.cycle
         if cycle is None or (cycle.response_complete and not cycle.more_body):
             frame.state = _HEAD
@@ -267,10 +323,10 @@ class HijackServerMixin:
     def _hj_on_response(self) -> None:
         """The response completed: uvicorn's bookkeeping, the idle hook, then any held bytes."""
         self.on_response_complete()
-        if self._hj_conn.hooks and not self.transport.is_closing():
-            self._hj_conn.set(ConnState.IDLE)
         frame = self._hj
-        if frame is None or frame.state != _HELD:
+        if frame.info.hooks and not self.transport.is_closing():
+            frame.info.set(ConnState.IDLE)
+        if not frame.busy or frame.state != _HELD:
             return
         if self.transport.is_closing():
             frame.state = _DONE
@@ -282,12 +338,11 @@ class HijackServerMixin:
 
     def _hj_feed(self, data: bytes) -> None:
         self._hj_stock_data_received(data)
-        if self.transport.is_closing() and self._hj is not None:
+        if self.transport.is_closing():
             self._hj.state = _DONE
 
     def _hj_process(self, data: bytes) -> None:
         frame = self._hj
-        assert frame is not None
         while data:
             state = frame.state
             if state == _HEAD:
@@ -304,7 +359,7 @@ class HijackServerMixin:
             if frame.eof:
                 self.transport.close()
             else:
-                self._hj = None  # back on the fast path
+                frame.busy = False  # back on the fast path
 
     def _hj_head(self, frame: _Frame, data: bytes) -> bytes:
         if frame.partial:
@@ -338,7 +393,7 @@ class HijackServerMixin:
         if protocol is not self:
             # uvicorn handed the connection to its WebSocket implementation.
             frame.state = _DONE
-            self._hj_conn.set(ConnState.HIJACKED)
+            frame.info.set(ConnState.HIJACKED)
             if rest:
                 protocol.data_received(rest)
             return b""
@@ -447,7 +502,7 @@ class HijackServerMixin:
         frame.state = _DONE
         if frame.timer is not None:
             frame.timer.cancel()
-        self._hj_conn.set(ConnState.CLOSED)
+        frame.info.set(ConnState.CLOSED)
         super().connection_lost(exc)  # type: ignore[misc]
 
     # -- the hijack ---------------------------------------------------------------------
@@ -464,7 +519,7 @@ class HijackServerMixin:
                 "the client closed the connection before the hijack: there is nothing to take over."
             )
         frame = self._hj
-        if frame is not None and frame.chunks is not None:
+        if frame.busy and frame.chunks is not None:
             raise IncompleteBodyError(
                 "the chunked request body has only partly arrived: its framing cannot be handed over. "
                 "Read the body to the end with receive() first, then hijack."
@@ -479,9 +534,7 @@ class HijackServerMixin:
         eof = frame.eof
         frame.state = _DONE
         frame.held.clear()
-        cycle.body = bytearray()
-        cycle.disconnected = True
-        cycle.message_event.set()
+        _release(cycle)
         self._unset_keepalive_if_required()
         self.connections.discard(self)
         self.server_state.total_requests += 1
@@ -492,11 +545,11 @@ class HijackServerMixin:
             transport,
             pending,
             eof=eof,
-            info=self._hj_conn,
+            info=frame.info,
             connections=self.connections,
             shutdown_grace=self.config.timeout_graceful_shutdown,
         )
-        self._hj_conn.set(ConnState.HIJACKED)
+        frame.info.set(ConnState.HIJACKED)
         if self.access_log:
             scope = cycle.scope
             self.logger.info(
