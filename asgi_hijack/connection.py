@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import socket
 import weakref
@@ -35,6 +36,10 @@ class _HijackedProtocol(asyncio.StreamReaderProtocol):
         grace: float | None,
     ) -> None:
         super().__init__(reader)
+        if isinstance(getattr(self, "_drain_waiters", None), collections.deque):
+            # An empty deque costs ~600 bytes per connection; asyncio only appends,
+            # removes and iterates, which a list does in a few bytes.
+            self._drain_waiters: Any = []
         # Weak, so that an owner dropped without closing is collected (and closed).
         self._owner = weakref.ref(owner)
         self._connections = connections

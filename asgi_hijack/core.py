@@ -55,19 +55,22 @@ _HEAD, _BODY, _HELD, _DONE = range(4)
 Message = dict[str, Any]
 
 
-class _Frame:
-    """Per-connection state of the core. The framing fields are live only while ``busy``.
+class _Frame(ConnectionInfo):
+    """Per-connection state of the core, and the app entry point of the connection.
 
-    One object behind one attribute keeps uvicorn's protocol instances within CPython's
-    key-sharing dict limit (a larger instance dict costs memory and attribute speed).
+    The framing fields are live only while ``busy`` (off the fast path). Everything lives
+    in this one object behind one attribute, which keeps uvicorn's protocol instances
+    within CPython's key-sharing dict limit (a larger instance dict costs memory and speed).
     """
 
-    __slots__ = ("busy", "chunks", "eof", "held", "info", "left", "manual", "partial", "state", "timer")
+    __slots__ = ("app", "busy", "chunks", "eof", "held", "left", "manual", "partial", "phase", "protocol", "timer")
 
-    def __init__(self, info: ConnectionInfo) -> None:
-        self.info = info
+    def __init__(self, hooks: tuple[ConnStateHook, ...], app: Any, protocol: HijackServerMixin) -> None:
+        super().__init__(hooks)
+        self.app = app
+        self.protocol = weakref.ref(protocol)  # weak: a hijacked app must not keep the parser alive
         self.busy = False  # off the fast path: the framing fields below are live
-        self.state = _HEAD
+        self.phase = _HEAD
         self.partial = b""  # an incomplete request head, not yet fed
         self.held = bytearray()  # bytes after a complete message, not yet fed
         self.left = 0  # Content-Length body bytes still to feed
@@ -76,26 +79,20 @@ class _Frame:
         self.eof = False  # the client half-closed after a complete request
         self.timer: asyncio.TimerHandle | None = None  # the head timeout, while a head is awaited
 
+    def enter(self, scope: dict[str, Any], receive: Any, send: Callable[[Message], Awaitable[None]]) -> Awaitable[None]:
+        """The app as uvicorn calls it: advertise the extensions, give it a ``send`` that can hijack.
 
-def _app_entry(
-    app: Callable[..., Awaitable[None]], info: ConnectionInfo, protocol: weakref.ref[HijackServerMixin]
-) -> Callable[..., Awaitable[None]]:
-    """Wrap the ASGI app: advertise the extensions and give it a ``send`` that understands hijack.
-
-    A plain function returning the app's coroutine: no extra frame per request, and
-    uvicorn's own sends (its 500 page) bypass it. It holds the protocol weakly, so that a
-    hijacked connection's app does not keep the protocol and its parser alive.
-    """
-
-    def entry(scope: dict[str, Any], receive: Any, send: Callable[[Message], Awaitable[None]]) -> Awaitable[None]:
+        Returns the app's coroutine (no extra frame per request); uvicorn's own sends (its
+        500 page) do not go through the wrapper.
+        """
         ext: dict[str, Any] = {}
-        connection = info.extension.copy()
-        connection["request_index"] = info.requests
-        info.requests += 1
+        connection = self.extension.copy()
+        connection["request_index"] = self.requests
+        self.requests += 1
         scope["extensions"] = {EXTENSION: ext, CONNECTION_EXTENSION: connection}
-        if info.hooks:
-            info.set(ConnState.ACTIVE)
-            owner = protocol()
+        if self.hooks:
+            self.set(ConnState.ACTIVE)
+            owner = self.protocol()
             if owner is not None:
                 send.__self__.on_response = owner._hj_on_response  # type: ignore[attr-defined]
 
@@ -104,9 +101,8 @@ def _app_entry(
                 return _special_send(send, ext, message)
             return send(message)
 
-        return app(scope, receive, send_or_hijack)
-
-    return entry
+        result: Awaitable[None] = self.app(scope, receive, send_or_hijack)
+        return result
 
 
 async def _special_send(send: Callable[[Message], Awaitable[None]], ext: dict[str, Any], message: Message) -> None:
@@ -210,15 +206,14 @@ class HijackServerMixin:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        info = ConnectionInfo(registered_hooks(self.conn_state_hooks, self.app_state))
-        self.app = _app_entry(self.app, info, weakref.ref(self))
-        self._hj = _Frame(info)
+        frame = self._hj = _Frame(registered_hooks(self.conn_state_hooks, self.app_state), self.app, self)
+        self.app = frame.enter
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         # The first head is awaited off the fast path, under the head timeout.
         frame = self._hj_enter_slow_path()
-        frame.info.opened(transport)
+        frame.opened(transport)
         self._hj_arm_head_timer(frame)
 
     def _hj_arm_head_timer(self, frame: _Frame) -> None:
@@ -227,9 +222,9 @@ class HijackServerMixin:
 
     def _hj_head_timed_out(self) -> None:
         frame = self._hj
-        if not frame.busy or frame.state != _HEAD or self.transport.is_closing():
+        if not frame.busy or frame.phase != _HEAD or self.transport.is_closing():
             return
-        frame.state = _DONE
+        frame.phase = _DONE
         if frame.partial:
             self.logger.warning("Request head not received within %.1f s: closing the connection.", self.head_timeout)
             self.transport.write(
@@ -271,7 +266,7 @@ class HijackServerMixin:
                 if self._hj_upgrade:
                     self._hj_tunnel(self.cycle)
                 elif self.cycle is cycle and self.transport.get_protocol() is not self:  # type: ignore[comparison-overlap]
-                    self._hj.info.set(ConnState.HIJACKED)  # by uvicorn's WebSocket implementation
+                    self._hj.set(ConnState.HIJACKED)  # by uvicorn's WebSocket implementation
                 return
             self._hj_enter_slow_path()
         self._hj_process(data)
@@ -300,7 +295,7 @@ class HijackServerMixin:
         frame.manual = False
         cycle = self.cycle
         if cycle is None or (cycle.response_complete and not cycle.more_body):
-            frame.state = _HEAD
+            frame.phase = _HEAD
         elif cycle.more_body:
             self._hj_begin_body(frame, cycle)
         else:
@@ -313,25 +308,25 @@ class HijackServerMixin:
             frame.chunks = ChunkScanner(collect=frame.manual)
         else:
             frame.left = length
-        frame.state = _BODY
+        frame.phase = _BODY
 
     def _hj_hold_for(self, frame: _Frame, cycle: Any) -> None:
         """The message is complete, its response is not: hold later bytes until it is."""
-        frame.state = _HELD
+        frame.phase = _HELD
         cycle.on_response = self._hj_on_response
 
     def _hj_on_response(self) -> None:
         """The response completed: uvicorn's bookkeeping, the idle hook, then any held bytes."""
         self.on_response_complete()
         frame = self._hj
-        if frame.info.hooks and not self.transport.is_closing():
-            frame.info.set(ConnState.IDLE)
-        if not frame.busy or frame.state != _HELD:
+        if frame.hooks and not self.transport.is_closing():
+            frame.set(ConnState.IDLE)
+        if not frame.busy or frame.phase != _HELD:
             return
         if self.transport.is_closing():
-            frame.state = _DONE
+            frame.phase = _DONE
             return
-        frame.state = _HEAD
+        frame.phase = _HEAD
         held = bytes(frame.held)
         frame.held.clear()
         self._hj_process(held)
@@ -339,12 +334,12 @@ class HijackServerMixin:
     def _hj_feed(self, data: bytes) -> None:
         self._hj_stock_data_received(data)
         if self.transport.is_closing():
-            self._hj.state = _DONE
+            self._hj.phase = _DONE
 
     def _hj_process(self, data: bytes) -> None:
         frame = self._hj
         while data:
-            state = frame.state
+            state = frame.phase
             if state == _HEAD:
                 data = self._hj_head(frame, data)
             elif state == _BODY:
@@ -355,7 +350,7 @@ class HijackServerMixin:
                     if len(frame.held) > HIGH_WATER_LIMIT:
                         self.flow.pause_reading()
                 return
-        if frame.state == _HEAD and not frame.partial and frame.timer is None:
+        if frame.phase == _HEAD and not frame.partial and frame.timer is None:
             if frame.eof:
                 self.transport.close()
             else:
@@ -387,24 +382,24 @@ class HijackServerMixin:
         before = self.cycle
         self._hj_feed_head(data[:end])
         rest = data[end:]
-        if frame.state == _DONE:
+        if frame.phase == _DONE:
             return b""
         protocol: Any = self.transport.get_protocol()
         if protocol is not self:
             # uvicorn handed the connection to its WebSocket implementation.
-            frame.state = _DONE
-            frame.info.set(ConnState.HIJACKED)
+            frame.phase = _DONE
+            frame.set(ConnState.HIJACKED)
             if rest:
                 protocol.data_received(rest)
             return b""
         cycle = self.cycle
         if cycle is before:  # a head the parser did not turn into a request
-            frame.state = _DONE
+            frame.phase = _DONE
             self.send_400_response("Invalid HTTP request received.")
             return b""
         if self._hj_upgrade or cycle.scope["method"] == "CONNECT":
             self._hj_tunnel(cycle)
-        if frame.state == _HEAD:
+        if frame.phase == _HEAD:
             if cycle.more_body:
                 self._hj_begin_body(frame, cycle)
             else:
@@ -417,7 +412,7 @@ class HijackServerMixin:
             try:
                 end = chunks.scan(data)
             except ValueError as exc:
-                frame.state = _DONE
+                frame.phase = _DONE
                 self.send_400_response(f"Invalid chunked request body: {exc}.")
                 return b""
             piece, rest = (data, b"") if end < 0 else (data[:end], data[end:])
@@ -439,7 +434,7 @@ class HijackServerMixin:
                 self._hj_feed(piece)
             if frame.left:
                 return b""
-        if frame.state == _DONE:
+        if frame.phase == _DONE:
             return b""
         cycle = self.cycle
         if frame.manual:
@@ -447,7 +442,7 @@ class HijackServerMixin:
             cycle.more_body = False
             cycle.message_event.set()
         elif cycle.more_body:  # the parser disagrees about where the body ends
-            frame.state = _DONE
+            frame.phase = _DONE
             self.send_400_response("Invalid HTTP request received.")
             return b""
         self._hj_message_complete(frame, cycle)
@@ -464,14 +459,14 @@ class HijackServerMixin:
 
     def _hj_message_complete(self, frame: _Frame, cycle: Any) -> None:
         if self.transport.is_closing():
-            frame.state = _DONE
+            frame.phase = _DONE
         elif cycle.response_complete:
-            frame.state = _HEAD
+            frame.phase = _HEAD
         else:
             self._hj_hold_for(frame, cycle)
 
     def _hj_reject_large_head(self, frame: _Frame) -> None:
-        frame.state = _DONE
+        frame.phase = _DONE
         msg = b"Request header fields too large."
         self.logger.warning(msg.decode())
         self.transport.write(
@@ -492,17 +487,17 @@ class HijackServerMixin:
             and self.transport.get_extra_info("sslcontext") is None
         ):
             frame = self._hj_enter_slow_path()
-            if frame.state == _HELD:
+            if frame.phase == _HELD:
                 frame.eof = True
                 return True  # type: ignore[return-value]  # uvicorn narrows asyncio's bool | None
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         frame = self._hj_enter_slow_path()
-        frame.state = _DONE
+        frame.phase = _DONE
         if frame.timer is not None:
             frame.timer.cancel()
-        frame.info.set(ConnState.CLOSED)
+        frame.set(ConnState.CLOSED)
         super().connection_lost(exc)  # type: ignore[misc]
 
     # -- the hijack ---------------------------------------------------------------------
@@ -532,7 +527,7 @@ class HijackServerMixin:
         frame = self._hj_enter_slow_path()
         pending = bytes(cycle.body) + bytes(frame.held)
         eof = frame.eof
-        frame.state = _DONE
+        frame.phase = _DONE
         frame.held.clear()
         _release(cycle)
         self._unset_keepalive_if_required()
@@ -545,11 +540,11 @@ class HijackServerMixin:
             transport,
             pending,
             eof=eof,
-            info=frame.info,
+            info=frame,
             connections=self.connections,
             shutdown_grace=self.config.timeout_graceful_shutdown,
         )
-        frame.info.set(ConnState.HIJACKED)
+        frame.set(ConnState.HIJACKED)
         if self.access_log:
             scope = cycle.scope
             self.logger.info(

@@ -59,7 +59,7 @@ class ConnectionInfo:
     new owner still reaches it as ``conn.info.state``.
     """
 
-    __slots__ = ("client", "conn_state", "extension", "hooks", "id", "peer_credentials", "requests", "server", "state")
+    __slots__ = ("conn_state", "extension", "hooks", "id", "peer_credentials", "requests", "state", "transport")
 
     def __init__(self, hooks: tuple[ConnStateHook, ...]) -> None:
         self.id: int = next(_ids)
@@ -67,8 +67,7 @@ class ConnectionInfo:
         self.requests = 0
         self.state: dict[str, Any] = {}
         self.peer_credentials: tuple[int, int, int] | None = None
-        self.client: tuple[str, int] | None = None
-        self.server: tuple[str, int | None] | None = None
+        self.transport: Any = None
         self.conn_state = ConnState.NEW
         self.extension: dict[str, Any] = {}
         """Template of the ``http.connection`` extension; each request gets a copy with its index."""
@@ -77,9 +76,18 @@ class ConnectionInfo:
         sock = transport.get_extra_info("socket")
         self.peer_credentials = peer_credentials(sock)
         self.extension = {"id": self.id, "peer_credentials": self.peer_credentials, "state": self.state}
-        self.client = transport.get_extra_info("peername") or None
-        self.server = transport.get_extra_info("sockname") or None
+        self.transport = transport
         self.set(ConnState.NEW)
+
+    @property
+    def client(self) -> Any:
+        """The peer address (``None`` on unix sockets)."""
+        return self.transport.get_extra_info("peername") or None if self.transport is not None else None
+
+    @property
+    def server(self) -> Any:
+        """The local address the connection was accepted on."""
+        return self.transport.get_extra_info("sockname") if self.transport is not None else None
 
     def set(self, state: ConnState) -> None:
         """Move to ``state`` and run the hooks (a hook that raises is logged, not fatal)."""
