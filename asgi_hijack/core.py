@@ -99,6 +99,10 @@ class _Frame(ConnectionInfo):
         def send_or_hijack(message: Message) -> Awaitable[None]:
             if ext or message["type"] == EXTENSION:
                 return _special_send(send, ext, message)
+            if message.get("status") == 101:
+                # A 101 sent without hijacking switches protocols with nobody to own the
+                # connection: close it after the response, never parse what follows as HTTP.
+                send.__self__.keep_alive = False  # type: ignore[attr-defined]
             return send(message)
 
         result: Awaitable[None] = self.app(scope, receive, send_or_hijack)
