@@ -322,6 +322,17 @@ class HijackedConnection(ByteStream):
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()
 
+    async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[int, int]:
+        """Forward bytes both ways between this connection and ``(reader, writer)`` until both close.
+
+        Transport-level forwarding with back-pressure and half-close (see
+        :mod:`asgi_hijack.relay`), several times faster than a streams loop. Buffered bytes,
+        the pending buffer included, are forwarded first. Returns the bytes forwarded each way.
+        """
+        from .relay import relay_streams
+
+        return await relay_streams(self.reader, self.writer, reader, writer)
+
     async def _flush(self) -> None:
         """Wait until every byte written so far has been handed to the kernel."""
         if not self.transport.get_write_buffer_size():

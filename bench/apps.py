@@ -132,7 +132,7 @@ async def _connect_proxy(scope: Scope, receive: Receive, send: Send, *, fast: bo
     if scope["type"] != "http" or scope["method"] != "CONNECT":
         return await hello(scope, receive, send)
     from asgi_hijack import hijack
-    from bench.relay_proposal import relay_streams
+    from asgi_hijack.relay import relay_streams
 
     up_reader, up_writer = await asyncio.open_connection(*_connect_target(scope))
     conn = await hijack(scope, receive, send, status=200)
@@ -150,5 +150,5 @@ async def connect_proxy_standin(scope: Scope, receive: Receive, send: Send) -> N
 
 
 async def connect_proxy_fast(scope: Scope, receive: Receive, send: Send) -> None:
-    """CONNECT relayed with :func:`bench.relay_proposal.relay_streams` (transport-level forwarding)."""
+    """CONNECT relayed with :func:`asgi_hijack.relay.relay_streams` (transport-level forwarding)."""
     await _connect_proxy(scope, receive, send, fast=True)

@@ -431,7 +431,7 @@ be faster than shown.
    same coroutine (what the streams and the app task cost by themselves).
 5. **CONNECT proxy**: {s.proxy_bytes >> 20} MiB each way through a CONNECT tunnel to a Go upstream (on the client
    core), with the proxy app `{runner.proxy_app}`, with the transport-level relay of
-   `bench/relay_proposal.py` (`bench.apps:connect_proxy_fast`), and with `pproxy` (on uvloop).
+   `asgi_hijack.relay` (`bench.apps:connect_proxy_fast`), and with `pproxy` (on uvloop).
 
 ## Profiling
 

@@ -3,8 +3,9 @@
 ``ConnectProxyMiddleware(app, allow=["example.com:443"])`` answers ``CONNECT host:port``
 requests itself and passes every other request to ``app``. An allowed target is
 connected to, the client is told ``200 Connection established``, and the two
-connections are joined: bytes flow both ways with back-pressure (a slow reader on one
-side slows the writer on the other), and a half-close on either side is passed on.
+connections are joined with ``conn.relay()``, which forwards at the transport level: bytes
+flow both ways with back-pressure (a slow reader on one side slows the writer on the
+other), and a half-close on either side is passed on.
 A target not on the allow-list gets ``403``, one that cannot be reached ``502``, each
 with a plain-text body that says why. With no allow-list nothing is reachable.
 
@@ -39,8 +40,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from asgi_hijack import HijackedConnection, hijack, hijack_supported
 
-CHUNK = 65536
-
 
 def parse_authority(target: str, any_port: bool = False) -> tuple[str, int | None] | None:
     """``host:port`` or ``[v6]:port`` to ``(host, port)``, ``host:*`` to ``(host, None)`` if
@@ -55,15 +54,6 @@ def parse_authority(target: str, any_port: bool = False) -> tuple[str, int | Non
     if not port.isdigit() or not 0 < int(port) < 65536:
         return None
     return host.lower(), int(port)
-
-
-async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy until end of input, waiting for each write to drain; then pass the half-close on."""
-    while data := await reader.read(CHUNK):
-        writer.write(data)
-        await writer.drain()
-    if writer.can_write_eof() and not writer.is_closing():
-        writer.write_eof()
 
 
 class ConnectProxyMiddleware:
@@ -123,13 +113,18 @@ class ConnectProxyMiddleware:
 
 
 async def relay(conn: HijackedConnection, up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
-    """Both directions at once until both are done (or the server stops), then close both connections."""
+    """Join the two connections until both are done (or the server stops), then close both.
+
+    ``conn.relay`` forwards at the transport level: a full write buffer on one side pauses
+    reading on the other (back-pressure), and EOF on one side is passed on as a half-close.
+    """
+    task = asyncio.current_task()
+    if task is not None:
+        conn.on_shutdown(task.cancel)  # a cancelled relay aborts both connections
     try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(pipe(conn.reader, up_writer)), group.create_task(pipe(up_reader, conn.writer))]
-            conn.on_shutdown(lambda: [task.cancel() for task in tasks])
-    except* ConnectionError:
-        pass  # one side was reset: both are closed below
+        await conn.relay(up_reader, up_writer)
+    except asyncio.CancelledError:
+        pass
     finally:
         up_writer.close()
         await conn.aclose()

@@ -1,4 +1,4 @@
-"""Correctness of :mod:`bench.relay_proposal` on asyncio and uvloop: ``pytest bench/test_relay_proposal.py``."""
+"""Correctness of :mod:`asgi_hijack.relay` on asyncio and uvloop: half-close, back-pressure, resets."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from bench.relay_proposal import relay_streams
+from asgi_hijack.relay import relay_streams
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 TIMEOUT = 10.0
