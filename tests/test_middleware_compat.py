@@ -44,6 +44,8 @@ from tests.conftest import recv_all, recv_until
 from tests.test_api import make_certificate
 
 TABLE = Path(__file__).resolve().parents[1] / "docs" / "middleware-compat.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
+START, END = "<!-- middleware-compat:start -->", "<!-- middleware-compat:end -->"
 UPGRADE = [(b"upgrade", b"tcp"), (b"connection", b"Upgrade")]
 UPGRADED = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: tcp\r\nconnection: Upgrade\r\n\r\n"
 KEEP: set[asyncio.Task[None]] = set()
@@ -143,11 +145,17 @@ OUTCOMES: dict[str, tuple[str, str]] = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def compat_table() -> Iterator[None]:
-    """After the module: write docs/middleware-compat.md if every middleware was tested."""
+    """After the module: write the table (docs/middleware-compat.md and the README's copy) if every
+    middleware was tested."""
     yield
     if set(OUTCOMES) >= {case.name for case in CASES} | {"stack"}:
+        table = render_table()
         TABLE.parent.mkdir(exist_ok=True)
-        TABLE.write_text(render_table())
+        TABLE.write_text(table)
+        readme = README.read_text()
+        if START in readme and END in readme:
+            head, _, rest = readme.partition(START)
+            README.write_text(head + START + "\n" + table + END + rest.partition(END)[2])
 
 
 def render_table() -> str:
