@@ -13,8 +13,9 @@ setup:
 	$(PYTHON) -m pip install -q -e ".[test,starlette,zttp]"
 	@command -v go >/dev/null && command -v curl >/dev/null && command -v openssl >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq golang-go curl openssl >/dev/null)
-	@if [ -f tests/node/package.json ] && [ ! -d tests/node/node_modules ]; then \
-		npm install --silent --prefix tests/node; fi
+	@command -v node >/dev/null && command -v npm >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null)
+	@if [ ! -d tests/node/node_modules/ws ]; then npm ci --silent --prefix tests/node; fi
 
 # The main job: the raw-TCP example server on the built-in defaults (127.0.0.1:8000).
 run:

@@ -48,8 +48,9 @@ def connect(server: RunningServer) -> socket.socket:
     return sock
 
 
-@pytest.fixture(scope="module", params=PARSERS)
+@pytest.fixture(scope="module", params=[(p, loop) for loop in ("asyncio", "uvloop") for p in PARSERS], ids="-".join)
 def probe_server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
-    """The probe app (tests/apps.py) on each of our HTTP/1.x protocols."""
-    with serve(probe_app, request.param) as server:
+    """The probe app (tests/apps.py) on each of our HTTP/1.x protocols, on both event loops."""
+    parser, loop = request.param
+    with serve(probe_app, parser, loop=loop) as server:
         yield server

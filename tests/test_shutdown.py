@@ -107,6 +107,9 @@ def test_owners_are_notified_and_can_finish_first(parser: str) -> None:
         proc.wait(GRACE + 5)
         assert time.monotonic() - started < GRACE, "owners closed promptly, so shutdown should not wait"
         assert proc.returncode in (0, -signal.SIGTERM)
+        stderr = proc.stderr.read().decode() if proc.stderr else ""
+        for bad in ("Task was destroyed", "Traceback", "ResourceWarning", "was never awaited"):
+            assert bad not in stderr, stderr
     finally:
         proc.kill()
         proc.wait()
