@@ -7,8 +7,8 @@ time. Bytes after a message are held, unparsed, until the response to it is comp
 the core only decides how much to feed.
 
 Cost: a data chunk that is exactly one request head (the common keep-alive GET) takes
-a fast path of two ``bytes.find`` calls; framing state is kept only while a body, a
-partial head or held bytes exist.
+a fast path of one ``bytes.find`` (plus a bare-LF count on h11, which accepts bare LF);
+framing state is kept only while a body, a partial head or held bytes exist.
 """
 
 from __future__ import annotations
