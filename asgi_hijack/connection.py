@@ -93,9 +93,8 @@ _NO_DEADLINE = _Deadline()  # shared until a deadline is set
 
 
 class _Reader(asyncio.StreamReader):
-    """StreamReader with a read deadline, keeping its connection alive while referenced."""
+    """StreamReader with a read deadline."""
 
-    owner: HijackedConnection | None = None
     deadline = _NO_DEADLINE
 
     async def _wait_for_data(self, func_name: str) -> None:
@@ -168,7 +167,6 @@ class HijackedConnection(ByteStream):
         self._shutdown_event: asyncio.Event | None = None
         self._shutdown_callbacks: list[Callable[[], object]] | None = None
         reader = _Reader(limit=limit, loop=loop)
-        reader.owner = self
         protocol = _HijackedProtocol(reader, self, connections if connections is not None else set(), shutdown_grace)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)

@@ -266,7 +266,11 @@ class HijackServerMixin:
                 and (self._hj_strict_lf or data.count(b"\n") == data.count(b"\r\n"))
                 and data[0] != 67  # "C": CONNECT takes the slow path
             ):
-                self._hj_stock_data_received(data)
+                try:
+                    self._hj_stock_data_received(data)
+                except UnicodeDecodeError:  # zttp decodes the target as ASCII unguarded
+                    self._hj_fail("Invalid HTTP request received.")
+                    return
                 if self._hj_upgrade:
                     self._hj_tunnel(self.cycle)
                 elif self.cycle is cycle and self.transport.get_protocol() is not self:  # type: ignore[comparison-overlap]
@@ -336,7 +340,10 @@ class HijackServerMixin:
         self._hj_process(held)
 
     def _hj_feed(self, data: bytes) -> None:
-        self._hj_stock_data_received(data)
+        try:
+            self._hj_stock_data_received(data)
+        except UnicodeDecodeError:  # zttp decodes the target as ASCII unguarded
+            self._hj_fail("Invalid HTTP request received.")
         if self.transport.is_closing():
             self._hj.phase = _DONE
 
@@ -398,8 +405,7 @@ class HijackServerMixin:
             return b""
         cycle = self.cycle
         if cycle is before:  # a head the parser did not turn into a request
-            frame.phase = _DONE
-            self.send_400_response("Invalid HTTP request received.")
+            self._hj_fail("Invalid HTTP request received.")
             return b""
         if self._hj_upgrade or cycle.scope["method"] == "CONNECT":
             self._hj_tunnel(cycle)
@@ -416,8 +422,7 @@ class HijackServerMixin:
             try:
                 end = chunks.scan(data)
             except ValueError as exc:
-                frame.phase = _DONE
-                self.send_400_response(f"Invalid chunked request body: {exc}.")
+                self._hj_fail(f"Invalid chunked request body: {exc}.")
                 return b""
             piece, rest = (data, b"") if end < 0 else (data[:end], data[end:])
             if chunks.content is not None:
@@ -446,8 +451,7 @@ class HijackServerMixin:
             cycle.more_body = False
             cycle.message_event.set()
         elif cycle.more_body:  # the parser disagrees about where the body ends
-            frame.phase = _DONE
-            self.send_400_response("Invalid HTTP request received.")
+            self._hj_fail("Invalid HTTP request received.")
             return b""
         self._hj_message_complete(frame, cycle)
         return rest
@@ -468,6 +472,16 @@ class HijackServerMixin:
             frame.phase = _HEAD
         else:
             self._hj_hold_for(frame, cycle)
+
+    def _hj_fail(self, msg: str) -> None:
+        """Answer 400 and close; a request the app is still handling sees a disconnect."""
+        self._hj.phase = _DONE
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's sends are dropped, receive() says http.disconnect
+            cycle.message_event.set()
+        if not self.transport.is_closing():
+            self.send_400_response(msg)
 
     def _hj_reject_large_head(self, frame: _Frame) -> None:
         frame.phase = _DONE
@@ -515,7 +529,8 @@ class HijackServerMixin:
             )
         if cycle.disconnected:
             raise ClientDisconnectedError(
-                "the client closed the connection before the hijack: there is nothing to take over."
+                "the connection is gone (the client closed or reset it, or the server rejected the "
+                "request) before the hijack: there is nothing to take over."
             )
         frame = self._hj
         if frame.busy and frame.chunks is not None:
@@ -537,6 +552,9 @@ class HijackServerMixin:
         self._unset_keepalive_if_required()
         self.connections.discard(self)
         self.server_state.total_requests += 1
+        # Nothing of the old protocol may keep the connection (in scope["extensions"]) alive:
+        # a connection its owner drops is then closed at once, by reference counting.
+        self.cycle = self.scope = None
         transport = self.transport
         if head:
             transport.write(head)

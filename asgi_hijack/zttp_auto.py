@@ -26,6 +26,14 @@ class ZttpHijackProtocol(AutoZttpProtocol):
     connections :class:`~asgi_hijack.zttp_h2.ZttpH2HijackProtocol`.
     """
 
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.timeout_task is not None:
+            # Cleartext, waiting to tell the HTTP/2 preface from HTTP/1.1: bound it by the
+            # head timeout (uvicorn uses the keep-alive timeout, even while a prefix trickles in).
+            self.timeout_task.cancel()
+            self.timeout_task = self.loop.call_later(ZttpH1HijackProtocol.head_timeout, self.transport.close)
+
     def _switch(self, http2: bool, initial_data: bytes = b"") -> None:
         protocol_class = ZttpH2HijackProtocol if http2 else ZttpH1HijackProtocol
         protocol: asyncio.Protocol = protocol_class(
