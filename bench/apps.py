@@ -120,6 +120,7 @@ def _connect_target(scope: Scope) -> tuple[str, int]:
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy ``reader`` to ``writer`` in 64 KiB chunks until EOF, then half-close ``writer``."""
     with contextlib.suppress(ConnectionError):
         while data := await reader.read(_READ):
             writer.write(data)
@@ -128,27 +129,18 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.write_eof()
 
 
-async def _connect_proxy(scope: Scope, receive: Receive, send: Send, *, fast: bool) -> None:
+async def connect_proxy_streams(scope: Scope, receive: Receive, send: Send) -> None:
+    """CONNECT proxy relaying with an asyncio streams loop (``read``/``write``/``drain``), no allow-list.
+
+    The baseline for ``examples/connect_proxy.py``, which relays the same tunnel with
+    ``conn.relay()`` (transport-level forwarding, :mod:`asgi_hijack.relay`).
+    """
     if scope["type"] != "http" or scope["method"] != "CONNECT":
         return await hello(scope, receive, send)
     from asgi_hijack import hijack
-    from asgi_hijack.relay import relay_streams
 
     up_reader, up_writer = await asyncio.open_connection(*_connect_target(scope))
     conn = await hijack(scope, receive, send, status=200)
     async with conn:
-        if fast:
-            await relay_streams(conn.reader, conn.writer, up_reader, up_writer)
-        else:
-            await asyncio.gather(_pump(conn.reader, up_writer), _pump(up_reader, conn.writer))
+        await asyncio.gather(_pump(conn.reader, up_writer), _pump(up_reader, conn.writer))
     up_writer.close()
-
-
-async def connect_proxy_standin(scope: Scope, receive: Receive, send: Send) -> None:
-    """STAND-IN for ``examples/connect_proxy.py:app`` until it exists: CONNECT relayed with asyncio streams."""
-    await _connect_proxy(scope, receive, send, fast=False)
-
-
-async def connect_proxy_fast(scope: Scope, receive: Receive, send: Send) -> None:
-    """CONNECT relayed with :func:`asgi_hijack.relay.relay_streams` (transport-level forwarding)."""
-    await _connect_proxy(scope, receive, send, fast=True)

@@ -35,7 +35,8 @@ Measure = Callable[[], Result]
 Pair = tuple[str, str, str, str, Goal | None]  # ours, baseline, metric, unit, goal
 
 HIJACK_PROTOCOLS = {"httptools": "HttpToolsHijackProtocol", "h11": "H11HijackProtocol", "zttp": "ZttpHijackProtocol"}
-STANDIN_PROXY = "bench.apps:connect_proxy_standin"
+EXAMPLE_PROXY = "examples.connect_proxy:app"  # relays with conn.relay() (asgi_hijack.relay)
+STREAMS_PROXY = "bench.apps:connect_proxy_streams"  # the same tunnel relayed with a streams loop
 SECTIONS = {
     1: "1. Ordinary requests",
     2: "2. Hijacked stream throughput",
@@ -296,18 +297,17 @@ class Runner:
         return measure
 
     def proxy(self, section: str) -> None:
-        """1 transfer each way through a CONNECT tunnel: the proxy app (and the fast relay) vs pproxy."""
+        """1 transfer each way through a CONNECT tunnel: the proxy app vs pproxy and vs a streams-loop relay."""
         size = self.s.proxy_bytes
-        app_name = "stand-in proxy" if self.proxy_app == STANDIN_PROXY else self.proxy_app
+        app_name = "connect_proxy.py (conn.relay)" if self.proxy_app == EXAMPLE_PROXY else self.proxy_app
+        streams_name = "streams-loop proxy"
         with self.servers():
             target = self.go(raw=True, cpu=CLIENT_CPU)
             http = hijack_http("httptools")
-            allow = {
-                "CONNECT_PROXY_ALLOW": f"{procs.HOST}:{target.port}"
-            }  # examples/connect_proxy.py is closed by default
+            allow = {"CONNECT_PROXY_ALLOW": f"{procs.HOST}:{target.port}"}  # the example is closed by default
             servers = {
                 app_name: self.uvicorn("proxy", self.proxy_app, http, env=allow),
-                "fast relay": self.uvicorn("fast", "bench.apps:connect_proxy_fast", http),
+                streams_name: self.uvicorn("streams", STREAMS_PROXY, http),
             }
             if have("pproxy"):
                 port = free_port()
@@ -320,8 +320,7 @@ class Runner:
         for key in ("upload", "download"):
             if "pproxy" in results:
                 pairs.append((app_name, "pproxy", key, "MiB/s", Goal(1.0, strict=True)))
-                pairs.append(("fast relay", "pproxy", key, "MiB/s", None))
-            pairs.append(("fast relay", app_name, key, "MiB/s", None))
+            pairs.append((app_name, streams_name, key, "MiB/s", None))
         self.rows_for(section, results, pairs)
 
 
@@ -430,8 +429,10 @@ be faster than shown.
    uvicorn; also keep-alive on our protocol class, and idle `asyncio.start_server` connections running the
    same coroutine (what the streams and the app task cost by themselves).
 5. **CONNECT proxy**: {s.proxy_bytes >> 20} MiB each way through a CONNECT tunnel to a Go upstream (on the client
-   core), with the proxy app `{runner.proxy_app}`, with the transport-level relay of
-   `asgi_hijack.relay` (`bench.apps:connect_proxy_fast`), and with `pproxy` (on uvloop).
+   core), with the proxy app `{runner.proxy_app}` (`examples/connect_proxy.py` joins the tunnel with
+   `conn.relay()`, the transport-level relay of `asgi_hijack.relay`) and with `pproxy` (on uvloop). To show
+   what the relay buys, the same tunnel is also relayed by an asyncio streams loop
+   (`read`/`write`/`drain`, 64 KiB chunks: `bench/apps.py:connect_proxy_streams`).
 
 ## Profiling
 
@@ -459,8 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default="1,2,3,4,5", help="comparisons to run, e.g. 1,3 (default: all)")
     parser.add_argument("--rounds", type=int, help="alternating rounds per comparison")
     parser.add_argument("--parsers", default="httptools,h11,zttp", help="parsers to compare, first is the main one")
-    default_proxy = "examples.connect_proxy:app" if (ROOT / "examples/connect_proxy.py").exists() else STANDIN_PROXY
-    parser.add_argument("--proxy-app", default=default_proxy, help=f"CONNECT proxy app (default: {default_proxy})")
+    parser.add_argument("--proxy-app", default=EXAMPLE_PROXY, help=f"CONNECT proxy app (default: {EXAMPLE_PROXY})")
     parser.add_argument("--docs", type=Path, help="write benchmarks.md/.png here (default: docs/ in full mode)")
     parser.add_argument("--no-check", action="store_true", help="exit 0 even when a goal is missed")
     args = parser.parse_args(argv)
