@@ -97,7 +97,12 @@ class _Frame(ConnectionInfo):
                 send.__self__.on_response = owner._hj_on_response  # type: ignore[attr-defined]
 
         def send_or_hijack(message: Message) -> Awaitable[None]:
-            if ext or message["type"] == EXTENSION:
+            if ext:
+                return _special_send(send, ext, message)
+            kind = message["type"]
+            if kind == "http.response.body":  # the most frequent message: checked first
+                return send(message)
+            if kind == EXTENSION:
                 return _special_send(send, ext, message)
             if message.get("status") == 101:
                 # A 101 sent without hijacking switches protocols with nobody to own the
