@@ -279,10 +279,22 @@ class HijackServerMixin:
                 if self._hj_upgrade:
                     self._hj_tunnel(self.cycle)
                 elif self.cycle is cycle and self.transport.get_protocol() is not self:  # type: ignore[comparison-overlap]
-                    self._hj.set(ConnState.HIJACKED)  # by uvicorn's WebSocket implementation
+                    self._hj_handed_to_websocket(b"")
                 return
             self._hj_enter_slow_path()
         self._hj_process(data)
+
+    def _hj_handed_to_websocket(self, rest: bytes) -> None:
+        """uvicorn gave the connection to its WebSocket implementation; pass on the bytes after the head.
+
+        A handshake that declares a body is refused (closed): its body would be read as frames.
+        """
+        self._hj.set(ConnState.HIJACKED)
+        if body_length(self.headers):  # type: ignore[attr-defined]
+            self.logger.warning("WebSocket handshake with a request body refused.")
+            self.transport.close()
+        elif rest:
+            self.transport.get_protocol().data_received(rest)  # type: ignore[attr-defined]
 
     def _hj_tunnel(self, cycle: Any) -> None:
         """The request just parsed is CONNECT or an Upgrade (its task has not run yet)."""
@@ -402,11 +414,8 @@ class HijackServerMixin:
             return b""
         protocol: Any = self.transport.get_protocol()
         if protocol is not self:
-            # uvicorn handed the connection to its WebSocket implementation.
             frame.phase = _DONE
-            frame.set(ConnState.HIJACKED)
-            if rest:
-                protocol.data_received(rest)
+            self._hj_handed_to_websocket(rest)
             return b""
         cycle = self.cycle
         if cycle is before:  # a head the parser did not turn into a request
@@ -485,8 +494,15 @@ class HijackServerMixin:
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # the app's sends are dropped, receive() says http.disconnect
             cycle.message_event.set()
-        if not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if cycle is not None and cycle.response_started:
+            self.transport.close()  # too late for a 400: the response is under way
+            return
+        try:
             self.send_400_response(msg)
+        except Exception:  # the parser's state machine refuses a response now (h11, zttp)
+            self.transport.close()
 
     def _hj_reject_large_head(self, frame: _Frame) -> None:
         frame.phase = _DONE
