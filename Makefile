@@ -39,3 +39,14 @@ bench:
 # Seconds-scale smoke run of the same comparisons; prints the table, writes no docs, never fails on goals.
 bench-quick:
 	$(PYTHON) -m bench.run --quick --no-check $(BENCH_ARGS)
+
+# The long reliability run (about 5 minutes on 2 cores; each phase time-bounded): 1,000 hijacked connections
+# echoing for 60 s per parser, SIGTERM under 1,000 connections per parser, the fault, smuggling and
+# slow-input tests and a larger fuzz. Rewrites docs/reliability.md from what it measured; exits non-zero
+# when a check failed. `make soak SOAK_ARGS="--seconds 10 --no-docs"` for a shorter look.
+SOAK_ARGS ?=
+
+.PHONY: soak
+
+soak: setup
+	$(PYTHON) -m soak $(SOAK_ARGS)

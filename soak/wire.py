@@ -56,6 +56,8 @@ class Closing:
     data: bytes
     how: str  # "eof", "reset" or "open" (still open at the deadline)
     seconds: float
+    at: float = 0.0
+    """``time.monotonic()`` when the reading ended."""
 
 
 def recv_to_close(sock: socket.socket, timeout: float = 5.0) -> Closing:
@@ -77,7 +79,8 @@ def recv_to_close(sock: socket.socket, timeout: float = 5.0) -> Closing:
             how = "eof"
             break
         data += chunk
-    return Closing(data, how, time.monotonic() - started)
+    ended = time.monotonic()
+    return Closing(data, how, ended - started, ended)
 
 
 def open_fds() -> int:

@@ -197,8 +197,7 @@ class Guard:
             sock.sendall(request("/plain", b"Connection: close\r\n"))
             answer = recv_to_close(sock)
         assert answer.data.startswith(b"HTTP/1.1 200 ") and answer.data.endswith(b"ok"), answer
-        fds = open_fds
-        assert wait_until(lambda: fds() == self.fds), f"descriptors: {fds()} open, {self.fds} before the fault"
+        assert wait_until(lambda: open_fds() == self.fds), f"{open_fds()} descriptors open, {self.fds} before"
         connections = self.server.server.server_state.connections
         assert wait_until(lambda: len(connections) == self.tracked), f"server still tracks {connections}"
         assert self.errors.exception_types() == list(expected_errors), self.errors.describe()
@@ -208,7 +207,11 @@ class Guard:
 @pytest.fixture
 def guard(server: RunningServer) -> Iterator[Guard]:
     with server_errors() as errors:
-        yield Guard(server, errors)
+        guard = Guard(server, errors)
+        try:
+            yield guard
+        finally:
+            guard.bystander.close()
 
 
 def parser_of(server: RunningServer) -> str:

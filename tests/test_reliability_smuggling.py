@@ -61,6 +61,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
 
 def exchange(server: RunningServer, first: bytes, later: bytes = b"") -> tuple[list[tuple[str, str]], bytes, str]:
     """Send ``first``; once it is answered, send ``later``. Return what reached the app, the wire, the ending."""
+    start = len(SEEN)  # ports are reused over a long run: look only at this exchange's requests
     with connect(server.address) as sock:
         port = sock.getsockname()[1]
         sock.sendall(first)
@@ -73,7 +74,7 @@ def exchange(server: RunningServer, first: bytes, later: bytes = b"") -> tuple[l
         else:
             data = b""
         closing = recv_to_close(sock, timeout=3)
-    seen = [(method, path) for client, method, path in SEEN if client == port]
+    seen = [(method, path) for client, method, path in SEEN[start:] if client == port]
     return seen, data + closing.data, closing.how
 
 
