@@ -27,8 +27,8 @@ test: setup lint
 	$(PYTHON) -m pytest -q
 
 lint:
-	$(PYTHON) -m ruff check asgi_hijack tests examples bench
-	$(PYTHON) -m ruff format --check asgi_hijack tests examples bench
+	$(PYTHON) -m ruff check asgi_hijack tests examples bench soak
+	$(PYTHON) -m ruff format --check asgi_hijack tests examples bench soak
 	$(PYTHON) -m mypy --strict asgi_hijack
 
 # Every comparison of docs/benchmarks.md (about 10 minutes on 2 cores); rewrites docs/benchmarks.md and
