@@ -9,21 +9,12 @@ from collections.abc import Iterator
 import pytest
 
 from asgi_hijack.testing import RunningServer, serve
+from soak.wire import recv_until
 from tests.apps import probe_app
 
+__all__ = ["PARSERS", "connect", "probe_server", "recv_all", "recv_until"]
+
 PARSERS = ["h11", "httptools", "zttp"]
-
-
-def recv_until(sock: socket.socket, marker: bytes, timeout: float = 5.0) -> bytes:
-    """Read until ``marker`` has been received (or fail after ``timeout``)."""
-    sock.settimeout(timeout)
-    data = b""
-    while marker not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed before {marker!r}; got {data!r}")
-        data += chunk
-    return data
 
 
 def recv_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
