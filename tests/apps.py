@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from asgi_hijack import HijackedConnection, HijackError, hijack
+from soak.app import echo as soak_echo
 
 RESULTS: dict[str, Any] = {}
 """Keyed by the request's ``id`` query parameter; read by the tests (same process)."""
@@ -22,13 +23,7 @@ async def respond(send: Any, status: int, body: bytes) -> None:
 
 async def echo(conn: HijackedConnection) -> None:
     """Echo everything (pending buffer, then socket) until EOF, then close."""
-    async with conn:
-        try:
-            while data := await conn.reader.read(65536):
-                conn.writer.write(data)
-                await conn.writer.drain()
-        except ConnectionError:
-            pass  # the client went away: nothing to echo to
+    await soak_echo(conn, graceful=False)
 
 
 def _head(query: dict[str, str]) -> dict[str, Any]:
