@@ -20,9 +20,9 @@ from .errors import (
     MiddlewareBlockedError,
     ResponseStartedError,
 )
-from .h11_protocol import H11HijackProtocol
 
 if TYPE_CHECKING:
+    from .h11_protocol import H11HijackProtocol
     from .httptools_protocol import HttpToolsHijackProtocol
     from .zttp_auto import ZttpHijackProtocol
 
@@ -48,12 +48,22 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # Protocols whose parser is optional are imported on first use.
+    # Protocol classes are imported on first use, after the uvicorn version check (adapter),
+    # so that an app that only calls hijack() imports nothing of uvicorn's protocols.
+    if name.endswith("Protocol"):
+        from . import adapter  # noqa: F401  (raises ImportError on an unsupported uvicorn)
+    if name == "H11HijackProtocol":
+        from .h11_protocol import H11HijackProtocol
+
+        return H11HijackProtocol
     if name == "HttpToolsHijackProtocol":
         from .httptools_protocol import HttpToolsHijackProtocol
 
         return HttpToolsHijackProtocol
     if name == "ZttpHijackProtocol":
+        from .adapter import require_zttp
+
+        require_zttp()
         from .zttp_auto import ZttpHijackProtocol
 
         return ZttpHijackProtocol
@@ -61,6 +71,8 @@ def __getattr__(name: str) -> Any:
         try:
             from .httptools_protocol import HttpToolsHijackProtocol
         except ImportError:
+            from .h11_protocol import H11HijackProtocol
+
             return H11HijackProtocol
         return HttpToolsHijackProtocol
     raise AttributeError(f"module 'asgi_hijack' has no attribute {name!r}")

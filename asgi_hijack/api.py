@@ -6,10 +6,12 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Protocol, overload
 
 from .connection import HijackedConnection
-from .core import EXTENSION
 from .errors import AlreadyHijackedError, HijackError, HijackNotSupported, MiddlewareBlockedError
 
-__all__ = ["hijack", "hijack_supported"]
+__all__ = ["EXTENSION", "hijack", "hijack_supported"]
+
+EXTENSION = "http.hijack"
+"""The ASGI extension of this library (see docs/spec.md)."""
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

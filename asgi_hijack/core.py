@@ -1,21 +1,20 @@
 """The shared server core: one mixin that gives any uvicorn HTTP/1.x protocol ``http.hijack``.
 
-The core sits in front of the parser and feeds it exactly one request message at a
-time. Bytes after a message are held, unparsed, until the response to it is complete
-(then they are parsed as the next request) or until the app hijacks the connection
-(then they start the pending buffer). Parsers still validate everything they are fed;
-the core only decides how much to feed.
+The core puts a sans-I/O :class:`~asgi_hijack.framing.Framer` in front of the parser and
+feeds the parser exactly one request message at a time. Bytes after a message are held,
+unparsed, until the response to it is complete (then they are parsed as the next request)
+or until the app hijacks the connection (then they start the pending buffer). Parsers still
+validate everything they are fed; the framer only decides how much to feed. Everything the
+core touches of uvicorn is declared in :mod:`asgi_hijack.adapter`.
 
-Cost: a data chunk that is exactly one request head (the common keep-alive GET) takes
-a fast path of one ``bytes.find`` (plus a bare-LF count on h11, which accepts bare LF);
-framing state is kept only while a body, a partial head or held bytes exist.
+Cost: a data chunk that is exactly one request head (the common keep-alive GET) takes a
+fast path of one ``bytes.find`` (plus a bare-LF count on h11, which accepts bare LF) and
+bypasses the framer, which is brought up to date only when the connection leaves that path.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
+from . import adapter
+from .api import EXTENSION
 from .connection import HijackedConnection
 from .errors import (
     AlreadyHijackedError,
@@ -31,52 +32,48 @@ from .errors import (
     IncompleteBodyError,
     ResponseStartedError,
 )
-from .framing import CHUNKED, ChunkScanner, body_length, find_head_end
-from .head import build_head
-from .lifecycle import CONNECTION_EXTENSION, ConnectionInfo, ConnState, ConnStateHook, registered_hooks
+from .framing import (
+    CLOSED,
+    IDLE,
+    NEED_DATA,
+    PAUSED,
+    RESPONDING,
+    Body,
+    EndOfMessage,
+    Framer,
+    Head,
+    Reject,
+    SkippedBody,
+    body_length,
+)
+from .head import build_head, build_rejection
+from .lifecycle import CONNECTION_EXTENSION, ConnState, ConnStateHook, Lifecycle, registered_hooks
+from .settings import HEAD_TIMEOUT, HijackSettings
 
 if TYPE_CHECKING:
-    from uvicorn.protocols.http.flow_control import FlowControl
+    from .adapter import Cycle
 
-__all__ = ["EXTENSION", "HijackServerMixin"]
-
-EXTENSION = "http.hijack"
-MAX_HEAD_SIZE = 65536
-"""A request head larger than this is answered 431 and the connection closed."""
-HEAD_TIMEOUT = 10.0
-"""Seconds a client has to send a complete request head, from connecting or from its first
-byte (Go's ``ReadHeaderTimeout``); environment override: ``ASGI_HIJACK_HEAD_TIMEOUT``."""
-
-_LINE_END = re.compile(rb"\r?\n")
-
-# Framing states, kept while the connection is off the fast path.
-_HEAD, _BODY, _HELD, _DONE = range(4)
+__all__ = ["EXTENSION", "HEAD_TIMEOUT", "HijackServerMixin"]
 
 Message = dict[str, Any]
 
 
-class _Frame(ConnectionInfo):
+class _Connection(Lifecycle):
     """Per-connection state of the core, and the app entry point of the connection.
 
-    The framing fields are live only while ``busy`` (off the fast path). Everything lives
-    in this one object behind one attribute, which keeps uvicorn's protocol instances
-    within CPython's key-sharing dict limit (a larger instance dict costs memory and speed).
+    Everything lives in this one object behind one attribute, which keeps uvicorn's
+    protocol instances within CPython's key-sharing dict limit (a larger instance dict
+    costs memory and speed).
     """
 
-    __slots__ = ("app", "busy", "chunks", "eof", "held", "left", "manual", "partial", "phase", "protocol", "timer")
+    __slots__ = ("app", "busy", "framer", "protocol", "timer")
 
     def __init__(self, hooks: tuple[ConnStateHook, ...], app: Any, protocol: HijackServerMixin) -> None:
         super().__init__(hooks)
         self.app = app
         self.protocol = weakref.ref(protocol)  # weak: a hijacked app must not keep the parser alive
-        self.busy = False  # off the fast path: the framing fields below are live
-        self.phase = _HEAD
-        self.partial = b""  # an incomplete request head, not yet fed
-        self.held = bytearray()  # bytes after a complete message, not yet fed
-        self.left = 0  # Content-Length body bytes still to feed
-        self.chunks: ChunkScanner | None = None
-        self.manual = False  # the parser skipped this body: the core delivers it
-        self.eof = False  # the client half-closed after a complete request
+        self.busy = False  # off the fast path: the framer is up to date
+        self.framer = Framer()
         self.timer: asyncio.TimerHandle | None = None  # the head timeout, while a head is awaited
 
     def enter(self, scope: dict[str, Any], receive: Any, send: Callable[[Message], Awaitable[None]]) -> Awaitable[None]:
@@ -86,15 +83,17 @@ class _Frame(ConnectionInfo):
         500 page) do not go through the wrapper.
         """
         ext: dict[str, Any] = {}
+        info = self.info
+        index = info.request_index = info._started
+        info._started = index + 1
         connection = self.extension.copy()
-        connection["request_index"] = self.requests
-        self.requests += 1
+        connection["request_index"] = index
         scope["extensions"] = {EXTENSION: ext, CONNECTION_EXTENSION: connection}
         if self.hooks:
             self.set(ConnState.ACTIVE)
             owner = self.protocol()
             if owner is not None:
-                send.__self__.on_response = owner._hj_on_response  # type: ignore[attr-defined]
+                adapter.cycle_of(send).on_response = owner._hj_on_response
 
         def send_or_hijack(message: Message) -> Awaitable[None]:
             if ext:
@@ -107,7 +106,7 @@ class _Frame(ConnectionInfo):
             if message.get("status") == 101:
                 # A 101 sent without hijacking switches protocols with nobody to own the
                 # connection: close it after the response, never parse what follows as HTTP.
-                send.__self__.keep_alive = False  # type: ignore[attr-defined]
+                adapter.cycle_of(send).keep_alive = False
             return send(message)
 
         result: Awaitable[None] = self.app(scope, receive, send_or_hijack)
@@ -120,8 +119,8 @@ async def _special_send(send: Callable[[Message], Awaitable[None]], ext: dict[st
             f"{message['type']!r} sent after the connection was hijacked: the server no longer "
             "speaks HTTP on it. Write to the hijacked connection (conn.writer / conn.send) instead."
         )
-    cycle: Any = send.__self__  # type: ignore[attr-defined]
-    protocol = getattr(cycle.on_response, "__self__", None)
+    cycle = adapter.cycle_of(send)
+    protocol = adapter.handled_by(cycle)
     if not isinstance(protocol, HijackServerMixin):
         raise AppReturnedError(
             "hijack after the ASGI application returned: the server has already finished this "
@@ -130,53 +129,11 @@ async def _special_send(send: Callable[[Message], Awaitable[None]], ext: dict[st
     ext["connection"] = await protocol._hj_hijack(cycle, message)
 
 
-class _Detached:
-    """Stands in for a hijacked cycle's flow control and message event (uvicorn's code on a
-    ``disconnected`` cycle only reads ``write_paused`` and calls ``set``/``clear``/``wait``)."""
-
-    write_paused = False
-
-    def set(self) -> None:
-        pass
-
-    def clear(self) -> None:
-        pass
-
-    async def wait(self) -> bool:
-        return True
-
-
-_DETACHED = _Detached()
-
-
-def _noop() -> None:
-    pass
-
-
-def _release(cycle: Any) -> None:
-    """Detach a hijacked request cycle from the server.
-
-    The app's ``receive``/``send`` keep the cycle alive for as long as the app runs;
-    ``disconnected`` makes uvicorn's code on it a no-op (``receive`` returns
-    ``http.disconnect``, uvicorn's own error page is not sent), and dropping its links
-    lets the protocol, its parser and its flow control be freed.
-    """
-    cycle.disconnected = True
-    cycle.waiting_for_100_continue = False
-    cycle.body = bytearray()
-    cycle.message_event.set()  # wake a receive() in progress: it returns http.disconnect
-    cycle.message_event = _DETACHED
-    cycle.on_response = _noop
-    cycle.flow = _DETACHED
-    if hasattr(cycle, "conn"):  # the h11 / zttp connection state machine
-        cycle.conn = None
-
-
-class HijackServerMixin:
+class HijackServerMixin(HijackSettings):
     """Mixin for uvicorn's HTTP/1.x protocol classes (h11, httptools, zttp); put it first in the bases.
 
-    It adds a single instance attribute, ``_hj`` (framing state, ``None`` on the fast
-    path), so uvicorn's own attribute accesses stay on CPython's fast paths.
+    It adds a single instance attribute, ``_hj`` (the per-connection state), so uvicorn's
+    own attribute accesses stay on CPython's fast paths. Settings: :class:`HijackSettings`.
     """
 
     _hj_upgrade = False  # set (on the instance) when the parser reports a non-WebSocket upgrade
@@ -184,27 +141,22 @@ class HijackServerMixin:
     """The parser rejects bare-LF line endings itself, so the fast path need not look for them.
 
     Heads that end in a bare-LF blank line always take the slow path, which normalizes them."""
-    conn_state_hooks: tuple[ConnStateHook, ...] = ()
-    """Connection state hooks of a server wrapper (subclass); apps register theirs in lifespan state."""
-    head_timeout: float = float(os.environ.get("ASGI_HIJACK_HEAD_TIMEOUT", HEAD_TIMEOUT))
-    """Seconds allowed to send a complete request head (see :data:`HEAD_TIMEOUT`)."""
 
-    if TYPE_CHECKING:  # provided by uvicorn's protocol classes
+    if TYPE_CHECKING:  # provided by uvicorn's protocol classes: see adapter.H1Protocol
         app: Any
         app_state: dict[str, Any]
         loop: asyncio.AbstractEventLoop
         config: Any
-        cycle: Any
+        cycle: Any  # adapter.Cycle | None; Any here, as each parser class declares its own type
         scope: Any
-        flow: FlowControl
+        flow: Any  # adapter.FlowControl
         transport: asyncio.Transport
         connections: set[Any]
-        server_state: Any
+        server_state: Any  # adapter.ServerState
         logger: Any
         access_log: bool
 
         def _unset_keepalive_if_required(self) -> None: ...
-        def send_400_response(self, msg: str) -> None: ...
         def on_response_complete(self) -> None: ...
         def _hj_stock_data_received(self, data: bytes) -> None: ...
 
@@ -215,42 +167,33 @@ class HijackServerMixin:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        frame = self._hj = _Frame(registered_hooks(self.conn_state_hooks, self.app_state), self.app, self)
-        self.app = frame.enter
+        conn = self._hj = _Connection(registered_hooks(self.conn_state_hooks, self.app_state), self.app, self)
+        self.app = conn.enter
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         # The first head is awaited off the fast path, under the head timeout.
-        frame = self._hj_enter_slow_path()
-        frame.opened(transport)
-        self._hj_arm_head_timer(frame)
+        conn = self._hj_enter_slow_path()
+        conn.opened(transport)
+        self._hj_arm_head_timer(conn)
 
-    def _hj_arm_head_timer(self, frame: _Frame) -> None:
-        if frame.timer is None:
-            frame.timer = self.loop.call_later(self.head_timeout, self._hj_head_timed_out)
+    def _hj_arm_head_timer(self, conn: _Connection) -> None:
+        if conn.timer is None:
+            conn.timer = self.loop.call_later(self.head_timeout, self._hj_head_timed_out)
 
     def _hj_head_timed_out(self) -> None:
-        frame = self._hj
-        if not frame.busy or frame.phase != _HEAD or self.transport.is_closing():
+        conn = self._hj
+        if not conn.busy or conn.framer.state is not IDLE or self.transport.is_closing():
             return
-        frame.phase = _DONE
-        if frame.partial:
-            self.logger.warning("Request head not received within %.1f s: closing the connection.", self.head_timeout)
-            self.transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                b"content-length: 21\r\nconnection: close\r\n\r\nRequest head timeout."
-            )
-        self.transport.close()
+        reject = conn.framer.head_timed_out()
+        if reject is None:
+            self.transport.close()
+        else:
+            self._hj_reject(reject.status, reject.reason)
 
     # -- parser-specific hooks ----------------------------------------------------
     def _hj_feed_head(self, head: bytes) -> None:
-        """Feed one complete request head to the parser, bare LF line endings made CRLF.
-
-        Go's net/rpc client sends ``CONNECT /_goRPC_ HTTP/1.0\\n\\n``; h11 accepts bare LF
-        and llhttp and zttp do not, so the head is normalized for all of them alike.
-        """
-        if head.count(b"\n") != head.count(b"\r\n"):
-            head = _LINE_END.sub(b"\r\n", head)
+        """Feed one complete request head (CRLF line endings) to the parser."""
         self._hj_feed(head)
 
     def _hj_upgrade_body_skipped(self) -> bool:
@@ -274,7 +217,7 @@ class HijackServerMixin:
                 try:
                     self._hj_stock_data_received(data)
                 except UnicodeDecodeError:  # zttp decodes the target as ASCII unguarded
-                    self._hj_fail("Invalid HTTP request received.")
+                    self._hj_reject(400, "Invalid HTTP request received.")
                     return
                 if self._hj_upgrade:
                     self._hj_tunnel(self.cycle)
@@ -296,179 +239,131 @@ class HijackServerMixin:
         elif rest:
             self.transport.get_protocol().data_received(rest)  # type: ignore[attr-defined]
 
-    def _hj_tunnel(self, cycle: Any) -> None:
-        """The request just parsed is CONNECT or an Upgrade (its task has not run yet)."""
+    def _hj_tunnel(self, cycle: Cycle) -> bool:
+        """The request just parsed is CONNECT or an Upgrade (its task has not run yet).
+
+        Returns True if the parser skipped its body, which the core then delivers.
+        """
         self._hj_upgrade = False
         # Bytes after CONNECT or Upgrade are never parsed as HTTP: unless the app
         # hijacks, the connection closes after the response.
         cycle.keep_alive = False
         if self._hj_upgrade_body_skipped() and body_length(cycle.scope["headers"]):
-            frame = self._hj_enter_slow_path()
-            frame.manual = True
             cycle.more_body = True
-            self._hj_begin_body(frame, cycle)
+            if not self._hj.busy:  # on the fast path: the framer learns of the head now
+                self._hj_enter_slow_path(skip=True)
+            return True
+        return False
 
-    # -- the slow path: framing state ------------------------------------------------
-    def _hj_enter_slow_path(self) -> _Frame:
-        frame = self._hj
-        if frame.busy:
-            return frame
-        frame.busy = True
-        frame.partial = b""
-        frame.left = 0
-        frame.chunks = None
-        frame.manual = False
+    # -- the slow path: the framer -----------------------------------------------------
+    def _hj_enter_slow_path(self, skip: bool = False) -> _Connection:
+        """Leave the fast path: bring the framer up to date with the head fed on it, if any.
+
+        ``skip``: the parser skipped that head's body (see :meth:`_hj_tunnel`)."""
+        conn = self._hj
+        if conn.busy:
+            return conn
+        conn.busy = True
         cycle = self.cycle
-        if cycle is None or (cycle.response_complete and not cycle.more_body):
-            frame.phase = _HEAD
-        elif cycle.more_body:
-            self._hj_begin_body(frame, cycle)
-        else:
-            self._hj_hold_for(frame, cycle)
-        return frame
+        if cycle is not None and not (cycle.response_complete and not cycle.more_body):
+            self._hj_head_parsed(conn, cycle, skip)
+        return conn
 
-    def _hj_begin_body(self, frame: _Frame, cycle: Any) -> None:
-        length = body_length(cycle.scope["headers"])
-        if length == CHUNKED:
-            frame.chunks = ChunkScanner(collect=frame.manual)
-        else:
-            frame.left = length
-        frame.phase = _BODY
-
-    def _hj_hold_for(self, frame: _Frame, cycle: Any) -> None:
-        """The message is complete, its response is not: hold later bytes until it is."""
-        frame.phase = _HELD
-        cycle.on_response = self._hj_on_response
+    def _hj_head_parsed(self, conn: _Connection, cycle: Cycle, skip: bool) -> None:
+        length = body_length(cycle.scope["headers"]) if cycle.more_body else 0
+        conn.framer.head_parsed(length, skip=skip and bool(length), responded=cycle.response_complete)
+        if conn.framer.state is not IDLE:
+            cycle.on_response = self._hj_on_response
 
     def _hj_on_response(self) -> None:
         """The response completed: uvicorn's bookkeeping, the idle hook, then any held bytes."""
         self.on_response_complete()
-        frame = self._hj
-        if frame.hooks and not self.transport.is_closing():
-            frame.set(ConnState.IDLE)
-        if not frame.busy or frame.phase != _HELD:
+        conn = self._hj
+        closing = self.transport.is_closing()
+        if conn.hooks and not closing:
+            conn.set(ConnState.IDLE)
+        if not conn.busy:
             return
-        if self.transport.is_closing():
-            frame.phase = _DONE
+        framer = conn.framer
+        if closing:
+            framer.close()
             return
-        frame.phase = _HEAD
-        held = bytes(frame.held)
-        frame.held.clear()
-        self._hj_process(held)
+        held = framer.state is RESPONDING
+        framer.response_complete()
+        if held:
+            self._hj_process(b"")
 
     def _hj_feed(self, data: bytes) -> None:
         try:
             self._hj_stock_data_received(data)
         except UnicodeDecodeError:  # zttp decodes the target as ASCII unguarded
-            self._hj_fail("Invalid HTTP request received.")
+            self._hj_reject(400, "Invalid HTTP request received.")
         if self.transport.is_closing():
-            self._hj.phase = _DONE
+            self._hj.framer.close()
 
     def _hj_process(self, data: bytes) -> None:
-        frame = self._hj
-        while data:
-            state = frame.phase
-            if state == _HEAD:
-                data = self._hj_head(frame, data)
-            elif state == _BODY:
-                data = self._hj_body(frame, data)
-            else:
-                if state == _HELD:
-                    frame.held += data
-                    if len(frame.held) > HIGH_WATER_LIMIT:
-                        self.flow.pause_reading()
-                return
-        if frame.phase == _HEAD and not frame.partial and frame.timer is None:
-            if frame.eof:
+        conn = self._hj
+        framer = conn.framer
+        framer.receive_data(data)
+        while True:
+            event = framer.next_event()
+            if event is NEED_DATA:
+                if framer.buffered:  # part of a head: it must complete in time
+                    self._hj_arm_head_timer(conn)
+                break
+            if event is PAUSED:
+                if framer.buffered > HIGH_WATER_LIMIT:
+                    self.flow.pause_reading()
+                break
+            if isinstance(event, Head):
+                self._hj_head(conn, event.data)
+            elif isinstance(event, Body):
+                self._hj_feed(event.data)
+            elif isinstance(event, SkippedBody):
+                self._hj_deliver(event.data)
+            elif isinstance(event, EndOfMessage):
+                self._hj_end_of_message(conn, event.skipped)
+            elif isinstance(event, Reject):
+                self._hj_reject(event.status, event.reason)
+        if framer.state is IDLE and not framer.buffered and conn.timer is None:
+            if framer.eof:
                 self.transport.close()
             else:
-                frame.busy = False  # back on the fast path
+                conn.busy = False  # back on the fast path
 
-    def _hj_head(self, frame: _Frame, data: bytes) -> bytes:
-        if frame.partial:
-            data = frame.partial + data
-            frame.partial = b""
-        elif data[0] in b"\r\n":
-            # RFC 9112 2.2: empty lines before a request line are ignored.
-            data = data.lstrip(b"\r\n")
-            if not data:
-                return b""
-        end = find_head_end(data)
-        if end < 0:
-            if len(data) > MAX_HEAD_SIZE:
-                self._hj_reject_large_head(frame)
-            else:
-                frame.partial = data
-                self._hj_arm_head_timer(frame)
-            return b""
-        if frame.timer is not None:
-            frame.timer.cancel()
-            frame.timer = None
-        if end > MAX_HEAD_SIZE:
-            self._hj_reject_large_head(frame)
-            return b""
+    def _hj_head(self, conn: _Connection, head: bytes) -> None:
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
         before = self.cycle
-        self._hj_feed_head(data[:end])
-        rest = data[end:]
-        if frame.phase == _DONE:
-            return b""
-        protocol: Any = self.transport.get_protocol()
-        if protocol is not self:
-            frame.phase = _DONE
-            self._hj_handed_to_websocket(rest)
-            return b""
+        self._hj_feed_head(head)
+        framer = conn.framer
+        if framer.state is CLOSED:
+            return
+        if self.transport.get_protocol() is not self:  # type: ignore[comparison-overlap]
+            self._hj_handed_to_websocket(framer.hand_over())
+            return
         cycle = self.cycle
         if cycle is before:  # a head the parser did not turn into a request
-            self._hj_fail("Invalid HTTP request received.")
-            return b""
+            self._hj_reject(400, "Invalid HTTP request received.")
+            return
+        skip = False
         if self._hj_upgrade or cycle.scope["method"] == "CONNECT":
-            self._hj_tunnel(cycle)
-        if frame.phase == _HEAD:
-            if cycle.more_body:
-                self._hj_begin_body(frame, cycle)
-            else:
-                self._hj_message_complete(frame, cycle)
-        return rest
+            skip = self._hj_tunnel(cycle)
+        self._hj_head_parsed(conn, cycle, skip)
 
-    def _hj_body(self, frame: _Frame, data: bytes) -> bytes:
-        chunks = frame.chunks
-        if chunks is not None:
-            try:
-                end = chunks.scan(data)
-            except ValueError as exc:
-                self._hj_fail(f"Invalid chunked request body: {exc}.")
-                return b""
-            piece, rest = (data, b"") if end < 0 else (data[:end], data[end:])
-            if chunks.content is not None:
-                self._hj_deliver(b"".join(chunks.content))
-                chunks.content.clear()
-            else:
-                self._hj_feed(piece)
-            if end < 0:
-                return b""
-            frame.chunks = None
-        else:
-            left = frame.left
-            piece, rest = (data, b"") if len(data) <= left else (data[:left], data[left:])
-            frame.left = left - len(piece)
-            if frame.manual:
-                self._hj_deliver(piece)
-            else:
-                self._hj_feed(piece)
-            if frame.left:
-                return b""
-        if frame.phase == _DONE:
-            return b""
+    def _hj_end_of_message(self, conn: _Connection, skipped: bool) -> None:
         cycle = self.cycle
-        if frame.manual:
-            frame.manual = False
+        if skipped:
             cycle.more_body = False
             cycle.message_event.set()
         elif cycle.more_body:  # the parser disagrees about where the body ends
-            self._hj_fail("Invalid HTTP request received.")
-            return b""
-        self._hj_message_complete(frame, cycle)
-        return rest
+            self._hj_reject(400, "Invalid HTTP request received.")
+            return
+        if self.transport.is_closing():
+            conn.framer.close()
+        elif cycle.response_complete:
+            conn.framer.response_complete()
 
     def _hj_deliver(self, content: bytes) -> None:
         """Hand body bytes the parser skipped to the request, as the parser would have."""
@@ -479,40 +374,19 @@ class HijackServerMixin:
                 self.flow.pause_reading()
             cycle.message_event.set()
 
-    def _hj_message_complete(self, frame: _Frame, cycle: Any) -> None:
-        if self.transport.is_closing():
-            frame.phase = _DONE
-        elif cycle.response_complete:
-            frame.phase = _HEAD
-        else:
-            self._hj_hold_for(frame, cycle)
-
-    def _hj_fail(self, msg: str) -> None:
-        """Answer 400 and close; a request the app is still handling sees a disconnect."""
-        self._hj.phase = _DONE
+    def _hj_reject(self, status: int, reason: str) -> None:
+        """Answer ``status`` (400, 408, 431) and close; a request the app is still handling sees a disconnect."""
+        self._hj.framer.close()
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # the app's sends are dropped, receive() says http.disconnect
             cycle.message_event.set()
         if self.transport.is_closing():
             return
-        if cycle is not None and cycle.response_started:
-            self.transport.close()  # too late for a 400: the response is under way
-            return
-        try:
-            self.send_400_response(msg)
-        except Exception:  # the parser's state machine refuses a response now (h11, zttp)
-            self.transport.close()
-
-    def _hj_reject_large_head(self, frame: _Frame) -> None:
-        frame.phase = _DONE
-        msg = b"Request header fields too large."
-        self.logger.warning(msg.decode())
-        self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(msg), msg)
-        )
-        self.transport.close()
+        self.logger.warning(reason)
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            self.transport.write(build_rejection(status, reason))
+        self.transport.close()  # after a started response it is too late for a status: just close
 
     # -- connection events ------------------------------------------------------------
     def eof_received(self) -> None:
@@ -525,22 +399,22 @@ class HijackServerMixin:
             and not cycle.response_complete
             and self.transport.get_extra_info("sslcontext") is None
         ):
-            frame = self._hj_enter_slow_path()
-            if frame.phase == _HELD:
-                frame.eof = True
+            framer = self._hj_enter_slow_path().framer
+            if framer.state is RESPONDING:
+                framer.receive_eof()
                 return True  # type: ignore[return-value]  # uvicorn narrows asyncio's bool | None
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        frame = self._hj_enter_slow_path()
-        frame.phase = _DONE
-        if frame.timer is not None:
-            frame.timer.cancel()
-        frame.set(ConnState.CLOSED)
+        conn = self._hj_enter_slow_path()
+        conn.framer.close()
+        if conn.timer is not None:
+            conn.timer.cancel()
+        conn.set(ConnState.CLOSED)
         super().connection_lost(exc)  # type: ignore[misc]
 
     # -- the hijack ---------------------------------------------------------------------
-    async def _hj_hijack(self, cycle: Any, message: Message) -> HijackedConnection:
+    async def _hj_hijack(self, cycle: Cycle, message: Message) -> HijackedConnection:
         if cycle.response_started:
             done = "completed" if cycle.response_complete else "started"
             raise ResponseStartedError(
@@ -548,13 +422,13 @@ class HijackServerMixin:
                 "Hijack before sending http.response.start; to have the server write a head "
                 "(e.g. 101 or 200) first, pass status= and headers= to hijack()."
             )
-        if cycle.disconnected:
+        if cycle.disconnected or self.transport.is_closing():
             raise ClientDisconnectedError(
                 "the connection is gone (the client closed or reset it, or the server rejected the "
                 "request) before the hijack: there is nothing to take over."
             )
-        frame = self._hj
-        if frame.busy and frame.chunks is not None:
+        conn = self._hj
+        if conn.busy and conn.framer.in_chunked_body:
             raise IncompleteBodyError(
                 "the chunked request body has only partly arrived: its framing cannot be handed over. "
                 "Read the body to the end with receive() first, then hijack."
@@ -564,12 +438,10 @@ class HijackServerMixin:
         if status is not None:
             head = build_head(cycle.scope["http_version"], status, message.get("reason"), message.get("headers") or ())
         # Commit: from here on the server lets go of the connection.
-        frame = self._hj_enter_slow_path()
-        pending = bytes(cycle.body) + bytes(frame.held)
-        eof = frame.eof
-        frame.phase = _DONE
-        frame.held.clear()
-        _release(cycle)
+        framer = self._hj_enter_slow_path().framer
+        pending = bytes(cycle.body) + framer.hand_over()
+        scope: Any = cycle.scope
+        adapter.release(cycle)
         self._unset_keepalive_if_required()
         self.connections.discard(self)
         self.server_state.total_requests += 1
@@ -579,17 +451,17 @@ class HijackServerMixin:
         transport = self.transport
         if head:
             transport.write(head)
-        conn = HijackedConnection(
+        grace = self.config.timeout_graceful_shutdown
+        hijacked = HijackedConnection(
             transport,
             pending,
-            eof=eof,
-            info=frame,
+            eof=framer.eof,
+            info=conn.info,
             connections=self.connections,
-            shutdown_grace=self.config.timeout_graceful_shutdown,
+            shutdown_grace=self.drain_timeout if grace is None else grace,
         )
-        frame.set(ConnState.HIJACKED)
+        conn.set(ConnState.HIJACKED)
         if self.access_log:
-            scope = cycle.scope
             self.logger.info(
                 '%s - "%s %s HTTP/%s" [hijacked%s]',
                 get_client_addr(scope),
@@ -598,5 +470,5 @@ class HijackServerMixin:
                 scope["http_version"],
                 f" {status}" if status is not None else "",
             )
-        await conn._flush()
-        return conn
+        await hijacked._flush()
+        return hijacked

@@ -1,4 +1,4 @@
-"""Serialization of the response head a server writes for the app just before surrendering."""
+"""Serialization of the response heads the core writes itself: a hijack head, and its rejections."""
 
 from __future__ import annotations
 
@@ -44,3 +44,13 @@ def build_head(
         lines.append(b"%s: %s\r\n" % (name, value))
     lines.append(b"\r\n")
     return b"".join(lines)
+
+
+def build_rejection(status: int, reason: str) -> bytes:
+    """A complete ``Connection: close`` response for a request the core rejects (400, 408, 431)."""
+    body = reason.encode("utf-8")
+    phrase = http.HTTPStatus(status).phrase.encode("ascii")
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n%s" % (status, phrase, len(body), body)
+    )

@@ -16,6 +16,7 @@ __all__ = [
     "ConnState",
     "ConnStateHook",
     "ConnectionInfo",
+    "Lifecycle",
     "peer_credentials",
 ]
 
@@ -52,51 +53,76 @@ def peer_credentials(sock: socket.socket | None) -> tuple[int, int, int] | None:
 
 
 class ConnectionInfo:
-    """One accepted HTTP/1.x connection: identity, per-connection state, lifecycle state.
+    """The identity of one accepted HTTP/1.x connection (``conn.info``, and what state hooks receive).
 
-    ``state`` is a mapping every request on the connection sees (Go's ``ConnContext``):
-    created when the connection opens, dropped with the connection. After a hijack the
-    new owner still reaches it as ``conn.info.state``.
+    ``id``, ``request_index`` (of the latest request), ``peer_credentials`` and ``state``, a
+    mapping every request on the connection sees (Go's ``ConnContext``): created when the
+    connection opens, dropped with the connection. Read-only: ``client``, ``server``,
+    ``requests`` (how many have started) and ``conn_state``.
     """
 
-    __slots__ = ("conn_state", "extension", "hooks", "id", "peer_credentials", "requests", "state", "transport")
+    __slots__ = ("_conn_state", "_started", "_transport", "id", "peer_credentials", "request_index", "state")
 
-    def __init__(self, hooks: tuple[ConnStateHook, ...]) -> None:
+    def __init__(self) -> None:
         self.id: int = next(_ids)
-        self.hooks = hooks
-        self.requests = 0
-        self.state: dict[str, Any] = {}
+        self.request_index = 0
+        self._started = 0
         self.peer_credentials: tuple[int, int, int] | None = None
-        self.transport: Any = None
-        self.conn_state = ConnState.NEW
-        self.extension: dict[str, Any] = {}
-        """Template of the ``http.connection`` extension; each request gets a copy with its index."""
+        self.state: dict[str, Any] = {}
+        self._transport: Any = None
+        self._conn_state = ConnState.NEW
 
-    def opened(self, transport: Any) -> None:
-        sock = transport.get_extra_info("socket")
-        self.peer_credentials = peer_credentials(sock)
-        self.extension = {"id": self.id, "peer_credentials": self.peer_credentials, "state": self.state}
-        self.transport = transport
-        self.set(ConnState.NEW)
+    def __repr__(self) -> str:
+        return f"<ConnectionInfo id={self.id} request_index={self.request_index} {self._conn_state.value}>"
 
     @property
     def client(self) -> Any:
         """The peer address (``None`` on unix sockets)."""
-        return self.transport.get_extra_info("peername") or None if self.transport is not None else None
+        return self._transport.get_extra_info("peername") or None if self._transport is not None else None
 
     @property
     def server(self) -> Any:
         """The local address the connection was accepted on."""
-        return self.transport.get_extra_info("sockname") if self.transport is not None else None
+        return self._transport.get_extra_info("sockname") if self._transport is not None else None
+
+    @property
+    def requests(self) -> int:
+        """How many requests have started on the connection."""
+        return self._started
+
+    @property
+    def conn_state(self) -> ConnState:
+        """The connection's lifecycle state."""
+        return self._conn_state
+
+
+class Lifecycle:
+    """The server side of a connection's identity: its hooks, transitions and extension template."""
+
+    __slots__ = ("extension", "hooks", "info")
+
+    def __init__(self, hooks: tuple[ConnStateHook, ...]) -> None:
+        self.hooks = hooks
+        self.info = ConnectionInfo()
+        self.extension: dict[str, Any] = {}
+        """Template of the ``http.connection`` extension; each request gets a copy with its index."""
+
+    def opened(self, transport: Any) -> None:
+        info = self.info
+        info.peer_credentials = peer_credentials(transport.get_extra_info("socket"))
+        info._transport = transport
+        self.extension = {"id": info.id, "peer_credentials": info.peer_credentials, "state": info.state}
+        self.set(ConnState.NEW)
 
     def set(self, state: ConnState) -> None:
         """Move to ``state`` and run the hooks (a hook that raises is logged, not fatal)."""
-        if self.conn_state in (ConnState.HIJACKED, ConnState.CLOSED):
+        info = self.info
+        if info._conn_state is ConnState.HIJACKED or info._conn_state is ConnState.CLOSED:
             return
-        self.conn_state = state
+        info._conn_state = state
         for hook in self.hooks:
             try:
-                hook(self, state)
+                hook(info, state)
             except Exception:
                 _logger.exception("connection state hook %r failed", hook)
 

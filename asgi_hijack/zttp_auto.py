@@ -5,37 +5,56 @@ picks the protocol per connection itself, exactly as uvicorn's ``AutoZttpProtoco
 by ALPN over TLS (it advertises ``h2, http/1.1``) and by sniffing the HTTP/2
 preface on cleartext (prior knowledge). ``Upgrade: h2c`` is not honoured; on
 HTTP/1.1 it is an upgrade token like any other, which the app may hijack.
+
+Settings (:class:`~asgi_hijack.settings.HijackSettings`) set on a subclass of this class
+are forwarded to the HTTP/1.1 protocol it dispatches to.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any, ClassVar
 
 from uvicorn.protocols.http.auto_zttp_impl import AutoZttpProtocol
 
-from asgi_hijack.zttp_h1 import ZttpH1HijackProtocol
-from asgi_hijack.zttp_h2 import ZttpH2HijackProtocol
+from . import adapter
+from .settings import SETTINGS, HijackSettings
+from .zttp_h1 import ZttpH1HijackProtocol
+from .zttp_h2 import ZttpH2HijackProtocol
 
 __all__ = ["ZttpHijackProtocol"]
 
 
-class ZttpHijackProtocol(AutoZttpProtocol):
+def _forwarded(owner: type, name: str) -> property:
+    return property(lambda self: getattr(owner, name), doc=f"``{owner.__qualname__}.{name}``")
+
+
+class ZttpHijackProtocol(HijackSettings, AutoZttpProtocol):
     """``uvicorn app:app --http asgi_hijack:ZttpHijackProtocol``: HTTP/1.1 and HTTP/2 on zttp.
 
     HTTP/1.1 connections get :class:`~asgi_hijack.zttp_h1.ZttpH1HijackProtocol`, HTTP/2
     connections :class:`~asgi_hijack.zttp_h2.ZttpH2HijackProtocol`.
     """
 
+    h1_protocol: ClassVar[type[ZttpH1HijackProtocol]] = ZttpH1HijackProtocol
+    """The HTTP/1.1 class; a subclass gets its own, which reads the subclass's settings."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        settings = {name: _forwarded(cls, name) for name in SETTINGS}
+        cls.h1_protocol = type(f"{cls.__name__}H1", (cls.h1_protocol,), {**settings, "__module__": cls.__module__})
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if self.timeout_task is not None:
+        timer = adapter.dispatch_timer(self)
+        if timer is not None:
             # Cleartext, waiting to tell the HTTP/2 preface from HTTP/1.1: bound it by the
             # head timeout (uvicorn uses the keep-alive timeout, even while a prefix trickles in).
-            self.timeout_task.cancel()
-            self.timeout_task = self.loop.call_later(ZttpH1HijackProtocol.head_timeout, self.transport.close)
+            timer.cancel()
+            adapter.set_dispatch_timer(self, self.loop.call_later(self.head_timeout, self.transport.close))
 
     def _switch(self, http2: bool, initial_data: bytes = b"") -> None:
-        protocol_class = ZttpH2HijackProtocol if http2 else ZttpH1HijackProtocol
+        protocol_class = ZttpH2HijackProtocol if http2 else self.h1_protocol
         protocol: asyncio.Protocol = protocol_class(
             config=self.config, server_state=self.server_state, app_state=self.app_state, _loop=self.loop
         )

@@ -22,11 +22,12 @@ from typing import Any
 import zttp
 from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
 from uvicorn.config import Config
-from uvicorn.protocols.http.zttp_h2_impl import RequestResponseCycle, ZttpH2Protocol
+from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
 from uvicorn.server import ServerState
 from zttp.error_codes import H2ErrorCode
 
-from asgi_hijack.errors import HijackNotSupported
+from . import adapter
+from .errors import HijackNotSupported
 
 __all__ = ["ZttpH2HijackProtocol"]
 
@@ -34,18 +35,14 @@ __all__ = ["ZttpH2HijackProtocol"]
 def _refuse(send: ASGISendCallable, exc: HijackNotSupported) -> bool:
     """Reset the stream of ``send`` with ``HTTP_1_1_REQUIRED`` unless its response started.
 
-    ``send`` is uvicorn's bound ``RequestResponseCycle.send``. Returns False if the
-    response had started: then the stream is left to uvicorn.
+    Returns False if the response had started: then the stream is left to uvicorn.
     """
-    cycle = getattr(send, "__self__", None)
-    if not isinstance(cycle, RequestResponseCycle) or cycle.response_started:
+    cycle = adapter.h2_cycle_of(send)
+    if cycle is None or cycle.response_started:
         return False
     if not cycle.disconnected:
         cycle.logger.info("HTTP/2 stream %d reset with HTTP_1_1_REQUIRED: %s", cycle.stream.stream_id, exc)
-        if not cycle.transport.is_closing():
-            cycle.stream.reset(H2ErrorCode.HTTP_1_1_REQUIRED)
-            cycle.transport.write(cycle.conn.data_to_send())
-        cycle.disconnected = True  # later sends are dropped; uvicorn neither answers nor logs the stream
+        adapter.reset_stream(cycle, H2ErrorCode.HTTP_1_1_REQUIRED)
     return True
 
 
@@ -94,8 +91,5 @@ class ZttpH2HijackProtocol(ZttpH2Protocol):
 
     def handle_request(self, event: zttp.Request) -> None:
         super().handle_request(event)
-        if event.end_stream:
-            # HEADERS carried END_STREAM: no Data or EndOfMessage event follows.
-            cycle = self.cycles[event.stream_id]
-            cycle.more_body = False
-            cycle.message_event.set()
+        if event.end_stream:  # HEADERS carried END_STREAM: no Data or EndOfMessage event follows
+            adapter.end_headers_only_request(self, event.stream_id)  # type: ignore[arg-type]
