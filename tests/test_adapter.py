@@ -39,4 +39,3 @@ def test_hijack_itself_imports_without_the_protocols() -> None:
     # An app that calls hijack() may run under another server: importing it needs no protocol class.
     code = "import uvicorn; uvicorn.__version__ = '0.29.0'; from asgi_hijack import hijack, HijackError"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-
