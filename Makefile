@@ -1,43 +1,95 @@
-# Developer entry points. The README's two set-up commands are `make run` and `make test`;
-# both install what they need first (idempotent), so they work on a fresh machine.
-PYTHON ?= python
+# Developer entry points. The README's two set-up commands are `make run` and `make test`. Both first build
+# .venv inside the clone from the committed uv.lock (a no-op when it is up to date), so a run never depends on
+# what the machine already had. All it needs to start is a Python 3.11+ with pip (BASE_PYTHON).
+BASE_PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV := $(BASE_PYTHON) -m uv
+INTERPRETER := $(shell $(BASE_PYTHON) -c 'import sys; print(sys.executable)')
+VENV := $(CURDIR)/.venv
+PYTHON := $(VENV)/bin/python
+LATEST := $(CURDIR)/.venv-latest
+LINTED := asgi_hijack tests examples bench soak tools
 BENCH_ARGS ?=
+MATRIX_ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup run test lint bench bench-quick
+# uv never downloads an interpreter here: every venv is made from a path (BASE_PYTHON's, or pyenv's in the matrix).
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-# Python package and test dependencies (PyPI), and the system tools the tests drive:
-# Go (net/rpc client), curl and openssl (proxy, TLS), Node's `ws` client (npm).
-setup:
-	$(PYTHON) -m pip install -q -e ".[test,starlette,zttp]"
+.PHONY: uv venv system-deps setup run test lint test-latest test-matrix test-matrix-ci compat-table dist bench bench-quick
+
+# uv itself, at the pinned version, installed with pip when BASE_PYTHON lacks it.
+uv:
+	@$(UV) --version 2>/dev/null | grep -q '^uv $(UV_VERSION) ' || $(BASE_PYTHON) -m pip install -q "uv==$(UV_VERSION)"
+
+# .venv from uv.lock: the package (editable), every extra and the dev group. --locked fails, and says to run
+# `uv lock`, when pyproject.toml's dependencies changed and the lock was not updated.
+venv: uv
+	@$(UV) sync --quiet --locked --all-extras --python "$(INTERPRETER)"
+
+# The system tools the tests drive: Go (net/rpc client), curl and openssl (proxy, TLS), Node's `ws` client (npm).
+system-deps:
 	@command -v go >/dev/null && command -v curl >/dev/null && command -v openssl >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq golang-go curl openssl >/dev/null)
 	@command -v node >/dev/null && command -v npm >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null)
 	@if [ ! -d tests/node/node_modules/ws ]; then npm ci --silent --prefix tests/node; fi
 
+setup: venv system-deps
+
 # The main job: the raw-TCP example server on the built-in defaults (127.0.0.1:8000).
-run:
-	$(PYTHON) -m pip install -q -e ".[starlette]"
+run: venv
 	$(PYTHON) -m uvicorn examples.raw_tcp:app --http asgi_hijack:HijackProtocol --host $(HOST) --port $(PORT)
 
-# The whole test suite, with the type and lint checks.
+# The whole test suite, with the type and lint checks, in .venv.
 test: setup lint
 	$(PYTHON) -m pytest -q
 
-lint:
-	$(PYTHON) -m ruff check asgi_hijack tests examples bench soak
-	$(PYTHON) -m ruff format --check asgi_hijack tests examples bench soak
-	$(PYTHON) -m mypy --strict asgi_hijack
+lint: venv
+	$(PYTHON) -m ruff check $(LINTED)
+	$(PYTHON) -m ruff format --check $(LINTED)
+	$(PYTHON) -m mypy --strict asgi_hijack tools
+
+# The suite on the newest releases that pyproject.toml allows, resolved now without the lock, in .venv-latest
+# (made anew each run).
+test-latest: uv system-deps
+	$(UV) venv --quiet --clear --python "$(INTERPRETER)" $(LATEST)
+	$(UV) pip install --quiet --python $(LATEST)/bin/python -e ".[test,starlette,zttp]"
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider
+
+# The support matrix (tools/matrix.py): the core, pending-buffer, shutdown and example tests on every supported
+# uvicorn minor release and Python version, two at a time, in venvs under .matrix/. Records the counts in
+# docs/compat.json and writes the README's table from it; exits non-zero if any combination failed. About 75
+# combinations of a minute each: `make test-matrix MATRIX_ARGS="--python 3.11 --uvicorn 0.30.6"` for one.
+test-matrix: venv system-deps
+	$(PYTHON) -m tools.matrix run --uv "$(UV)" --output docs/compat.json $(MATRIX_ARGS); \
+		status=$$?; $(PYTHON) -m tools.matrix table && exit $$status
+
+# CI's share of the matrix: the oldest and the newest uvicorn, one at a time; writes no file.
+test-matrix-ci: venv system-deps
+	$(PYTHON) -m tools.matrix run --uv "$(UV)" --jobs 1 --python 3.11 --uvicorn 0.30.6
+	$(PYTHON) -m tools.matrix run --uv "$(UV)" --jobs 1 --python 3.13 --uvicorn 0.54.0
+
+# The README's compatibility table, from docs/compat.json.
+compat-table: venv
+	$(PYTHON) -m tools.matrix table
+
+# The sdist and the wheel in dist/, checked by twine, and the sdist checked to hold every tracked file.
+dist: venv
+	rm -rf dist
+	$(PYTHON) -m build --quiet --outdir dist .
+	$(PYTHON) -m twine check --strict dist/*
+	$(PYTHON) -m tools.check_sdist dist/*.tar.gz
 
 # Every comparison of docs/benchmarks.md (about 10 minutes on 2 cores); rewrites docs/benchmarks.md and
 # docs/benchmarks.png, exits non-zero when a goal is missed. Needs wrk, go, node and pproxy (see bench/run.py).
-bench:
+bench: venv
 	$(PYTHON) -m bench.run $(BENCH_ARGS)
 
 # Seconds-scale smoke run of the same comparisons; prints the table, writes no docs, never fails on goals.
-bench-quick:
+bench-quick: venv
 	$(PYTHON) -m bench.run --quick --no-check $(BENCH_ARGS)
 
 # The long reliability run (about 5 minutes on 2 cores; each phase time-bounded): 1,000 hijacked connections
@@ -50,3 +102,11 @@ SOAK_ARGS ?=
 
 soak: setup
 	$(PYTHON) -m soak $(SOAK_ARGS)
+
+# The README's middleware table and docs/middleware-compat.md, from what a client sees through each middleware
+# on real servers (tests/test_middleware_compat.py, which fails while they are out of date); exits non-zero
+# when a middleware did not behave as the test expects.
+.PHONY: middleware-table
+
+middleware-table: venv
+	$(PYTHON) -m tests.test_middleware_compat --write

@@ -32,6 +32,7 @@ __all__ = [
     "ServerState",
     "check_version",
     "cycle_of",
+    "loop_factory",
     "release",
     "require_zttp",
     "version",
@@ -152,6 +153,23 @@ class H1Protocol(Protocol):
 
     def on_response_complete(self) -> None: ...  # counts the request, arms keep-alive, unpauses pipelining
     def _unset_keepalive_if_required(self) -> None: ...  # cancels the keep-alive timer
+
+
+def loop_factory(config: Any) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory of a ``uvicorn.Config`` (``get_loop_factory``, uvicorn 0.36+).
+
+    Before 0.36 uvicorn set a global event loop policy instead (``setup_event_loop``); the
+    factory is derived from ``config.loop`` here, so that no global policy is touched.
+    """
+    get = getattr(config, "get_loop_factory", None)
+    if get is not None:
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = get()
+        return factory
+    if config.loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 def cycle_of(send: Callable[[Any], Awaitable[None]]) -> Cycle:

@@ -423,6 +423,8 @@ class HijackServerMixin(HijackSettings):
                 "(e.g. 101 or 200) first, pass status= and headers= to hijack()."
             )
         if cycle.disconnected or self.transport.is_closing():
+            cycle.disconnected = True  # the app's later sends are dropped; receive() says http.disconnect
+            cycle.message_event.set()
             raise ClientDisconnectedError(
                 "the connection is gone (the client closed or reset it, or the server rejected the "
                 "request) before the hijack: there is nothing to take over."

@@ -25,6 +25,9 @@ from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.importer import import_from_string
+
+from . import adapter
 
 __all__ = ["PROTOCOLS", "RunningServer", "hijack_server", "protocol_class", "serve"]
 
@@ -36,10 +39,12 @@ PROTOCOLS: dict[str, str] = {
 }
 
 
-def protocol_class(protocol: str | type[asyncio.Protocol]) -> str | type[asyncio.Protocol]:
-    """Map a short name (``h11``, ``httptools``, ``zttp``, ``auto``) to the ``--http`` value."""
+def protocol_class(protocol: str | type[asyncio.Protocol]) -> type[asyncio.Protocol]:
+    """The protocol class for a short name (``h11``, ``httptools``, ``zttp``, ``auto``), an import
+    string (``module:Class``) or a class; a class, because uvicorn before 0.36 takes no import string."""
     if isinstance(protocol, str):
-        return PROTOCOLS.get(protocol, protocol)
+        imported: type[asyncio.Protocol] = import_from_string(PROTOCOLS.get(protocol, protocol))
+        return imported
     return protocol
 
 
@@ -112,7 +117,7 @@ def serve(
 
     def target() -> None:
         try:
-            with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+            with asyncio.Runner(loop_factory=adapter.loop_factory(server.config)) as runner:
                 runner.run(main())
         except BaseException as exc:  # reported to the test
             running.errors.append(exc)

@@ -138,5 +138,7 @@ ALLOW = [entry for entry in os.environ.get("CONNECT_PROXY_ALLOW", "").split(",")
 app = ConnectProxyMiddleware(Starlette(routes=[Route("/", index)]), allow=ALLOW)
 
 if __name__ == "__main__":
+    from asgi_hijack import HijackProtocol  # a class: uvicorn before 0.36 takes no import string
+
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8080
-    uvicorn.run(app, host="127.0.0.1", port=port, http="asgi_hijack:HijackProtocol")
+    uvicorn.run(app, host="127.0.0.1", port=port, http=HijackProtocol)

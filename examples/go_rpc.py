@@ -105,5 +105,7 @@ async def rpc_endpoint(request: Request) -> Response:
 app = Starlette(routes=[Route(RPC_PATH, rpc_endpoint, methods=["CONNECT"])])
 
 if __name__ == "__main__":
+    from asgi_hijack import HijackProtocol  # a class: uvicorn before 0.36 takes no import string
+
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8000
-    uvicorn.run(app, host="127.0.0.1", port=port, http="asgi_hijack:HijackProtocol")
+    uvicorn.run(app, host="127.0.0.1", port=port, http=HijackProtocol)

@@ -67,5 +67,7 @@ async def echo(request: Request) -> Response:
 app = Starlette(routes=[Route("/", say_hi), Route("/hijack", say_hi), Route("/echo", echo)])
 
 if __name__ == "__main__":
+    from asgi_hijack import HijackProtocol  # a class: uvicorn before 0.36 takes no import string
+
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8000
-    uvicorn.run(app, host="127.0.0.1", port=port, http="asgi_hijack:HijackProtocol")
+    uvicorn.run(app, host="127.0.0.1", port=port, http=HijackProtocol)

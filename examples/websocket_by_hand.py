@@ -1,10 +1,14 @@
-"""WebSocket by hand over a hijacked connection (``websockets``' sans-I/O protocol).
+"""WebSocket by hand over a hijacked connection, with the sans-I/O ``wsproto`` library.
 
 Go servers (gorilla/websocket, x/net/websocket) take the connection with ``Hijack()``
-and speak RFC 6455 on it themselves. This does the same: the ``websockets`` sans-I/O
-``ServerProtocol`` checks the handshake and computes ``Sec-WebSocket-Accept``, frames
-and unframes messages, answers pings and runs the closing handshake; this module only
-moves bytes between it and the hijacked connection.
+and speak RFC 6455 on it themselves. This does the same with ``wsproto`` (the library
+behind uvicorn's ``--ws wsproto``): it checks the handshake and computes
+``Sec-WebSocket-Accept``, negotiates permessage-deflate, frames and unframes messages,
+and validates what the client sends (UTF-8 in text messages, fragmentation, control
+frames, close codes), reporting a violation as a close event with the code to send
+(1002, or 1007 for invalid UTF-8). This module only moves bytes between it and the
+hijacked connection and chooses the answers. It passes the Autobahn test suite
+(``make conformance``, docs/conformance.md).
 
 Run (``--ws none`` lets the upgrade request reach the app as plain HTTP)::
 
@@ -16,31 +20,40 @@ Try it::
     python -m websockets ws://127.0.0.1:8000/ws
 
 ``/ws`` echoes every message frame by frame, keeping its fragmentation and type (text
-or binary), with permessage-deflate when the client offers it. The text message
+or binary), with permessage-deflate when the client offers it (wsproto's compressor then
+holds a fragmented message's text until its last frame). The text message
 ``ping`` also makes the server ping the client and say ``pong received`` when the pong
-arrives.
+arrives. When the server shuts down (SIGTERM, Ctrl-C), it closes each WebSocket with
+``1012`` (service restart), as uvicorn's own WebSockets do, and waits up to
+:data:`CLOSE_TIMEOUT` seconds for the client's close before it drops the connection.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 
+import anyio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
-from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Request as HandshakeRequest
-from websockets.protocol import SEND_EOF, State
-from websockets.server import ServerProtocol
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import AcceptConnection, CloseConnection, Event, Message, Ping, Pong, TextMessage
+from wsproto.extensions import PerMessageDeflate
+from wsproto.utilities import RemoteProtocolError
 
 from asgi_hijack import HijackedConnection, hijack
 from asgi_hijack.starlette import Hijacked
 
 SERVER_PING = b"server ping"
+SHUTDOWN = CloseConnection(1012, "server shutting down")
+CLOSE_TIMEOUT = 1.0
+"""Seconds to wait for the client's close after the server's shutdown close."""
 
 
 def request_head(request: Request) -> bytes:
@@ -52,66 +65,56 @@ def request_head(request: Request) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-async def flush(protocol: ServerProtocol, conn: HijackedConnection) -> bool:
-    """Write what the protocol has to send; True once it has asked to close the connection."""
-    eof = False
-    for data in protocol.data_to_send():
-        if data == SEND_EOF:
-            eof = True
-        else:
-            conn.writer.write(data)
-    await conn.writer.drain()
-    return eof
+def answers(ws: WSConnection, event: Event) -> list[Event]:
+    """What the server sends back for one event from the client."""
+    if isinstance(event, CloseConnection):  # the client's close, or the close for an error wsproto found
+        return [event.response()] if ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING) else []
+    if ws.state is not ConnectionState.OPEN:  # the server's close is sent: only the client's close matters now
+        return []
+    if isinstance(event, Ping):
+        return [event.response()]
+    if isinstance(event, Message):  # a text or binary frame (or part of one): echoed as it came
+        if isinstance(event, TextMessage) and event.message_finished and event.data == "ping":
+            return [event, Ping(SERVER_PING)]
+        return [event]
+    if isinstance(event, Pong) and event.payload == SERVER_PING:
+        return [TextMessage("pong received")]
+    return []
 
 
-def echo(protocol: ServerProtocol, frame: Frame) -> None:
-    """Answer one received frame (pings and closes are answered by the protocol itself)."""
-    if protocol.state is not State.OPEN:
-        return
-    if frame.opcode is Opcode.TEXT:
-        protocol.send_text(frame.data, fin=frame.fin)
-        if frame.fin and frame.data == b"ping":
-            protocol.send_ping(SERVER_PING)
-    elif frame.opcode is Opcode.BINARY:
-        protocol.send_binary(frame.data, fin=frame.fin)
-    elif frame.opcode is Opcode.CONT:
-        protocol.send_continuation(frame.data, fin=frame.fin)
-    elif frame.opcode is Opcode.PONG and frame.data == SERVER_PING:
-        protocol.send_text(b"pong received")
-
-
-async def serve_websocket(protocol: ServerProtocol, conn: HijackedConnection) -> None:
-    """Move bytes between the connection and the protocol until the connection closes."""
+async def serve_websocket(ws: WSConnection, conn: HijackedConnection) -> None:
+    """Move bytes between the connection and wsproto until the WebSocket is closed."""
     async with conn:
-        if await flush(protocol, conn):  # the 101 response
-            return
-        while True:
-            try:
-                data = await conn.reader.read(65536)
-            except OSError:
-                return
-            if data:
-                protocol.receive_data(data)
-            else:
-                protocol.receive_eof()
-            for event in protocol.events_received():
-                if isinstance(event, Frame):
-                    echo(protocol, event)
-            if await flush(protocol, conn) or not data:
-                return
+        with anyio.CancelScope() as scope, contextlib.suppress(ConnectionError):
+
+            def shutting_down() -> None:
+                if ws.state is ConnectionState.OPEN:
+                    conn.writer.write(ws.send(SHUTDOWN))
+                scope.deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT
+
+            conn.on_shutdown(shutting_down)
+            while data := await conn.reader.read(65536):
+                ws.receive_data(data)
+                for event in ws.events():
+                    for answer in answers(ws, event):
+                        conn.writer.write(ws.send(answer))
+                    if isinstance(event, CloseConnection):
+                        return  # the closing handshake is done or the connection failed: the server closes it
+                await conn.writer.drain()
 
 
 async def websocket_endpoint(request: Request) -> Response:
-    protocol = ServerProtocol(extensions=[ServerPerMessageDeflateFactory()])
-    protocol.receive_data(request_head(request))
-    handshake = protocol.events_received()
-    if not handshake or not isinstance(handshake[0], HandshakeRequest):  # e.g. HTTP/1.0
-        return PlainTextResponse(f"Failed to open a WebSocket connection: {protocol.handshake_exc}.\n", 400)
-    response = protocol.accept(handshake[0])
-    if response.status_code != 101:  # not a valid WebSocket handshake: a plain HTTP answer
-        return Response(response.body, response.status_code, dict(response.headers.raw_items()))
-    protocol.send_response(response)
-    await serve_websocket(protocol, await hijack(request))
+    ws = WSConnection(ConnectionType.SERVER)
+    try:
+        ws.receive_data(request_head(request))
+    except RemoteProtocolError as exc:  # not a valid WebSocket handshake: a plain HTTP answer
+        headers = {"Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
+        return PlainTextResponse(f"You need a WebSocket client to connect here: {exc}.\n", 426, headers)
+    list(ws.events())  # the handshake request, checked
+    accept = ws.send(AcceptConnection(extensions=[PerMessageDeflate()]))
+    conn = await hijack(request)
+    conn.writer.write(accept)
+    await serve_websocket(ws, conn)
     return Hijacked()
 
 
@@ -124,5 +127,7 @@ async def needs_ws_none(websocket: WebSocket) -> None:
 app = Starlette(routes=[Route("/ws", websocket_endpoint), WebSocketRoute("/ws", needs_ws_none)])
 
 if __name__ == "__main__":
+    from asgi_hijack import HijackProtocol  # a class: uvicorn before 0.36 takes no import string
+
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8000
-    uvicorn.run(app, host="127.0.0.1", port=port, http="asgi_hijack:HijackProtocol", ws="none")
+    uvicorn.run(app, host="127.0.0.1", port=port, http=HijackProtocol, ws="none")

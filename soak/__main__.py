@@ -4,14 +4,14 @@ Phases, each with its own time bound (the load and SIGTERM phases by their durat
 margins, the test phase by what is left of ``--budget``, at least 120 s, and pytest's per-test
 timeout):
 
-1. load: per parser, a server process (``soak.server``), ``--connections`` hijacked
+1. load: per parser, a server process (``tests.helpers.ServerProcess``), ``--connections`` hijacked
    connections held at once, echoing random-sized payloads for ``--seconds``, every
    byte compared; the server's ``/proc/PID/fd`` counted before, while held, and after;
 2. SIGTERM: per parser and owner behaviour, ``--sigterm-connections`` connections
    streaming when the server gets SIGTERM (``--grace`` seconds of graceful shutdown);
 3. the reliability test modules (faults, smuggling, slow input, fuzz with
    ``--fuzz-examples`` examples per protocol class), run by pytest, counted from its
-   JUnit report and from the figures the tests record (:mod:`soak.stats`).
+   JUnit report and from the figures the tests record (``tests.helpers.record``).
 
 Exit status: 0 when every check passed, 1 otherwise. ``make soak`` runs it with the defaults
 (about 5 minutes on 2 cores).
@@ -34,9 +34,8 @@ from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
-from soak.load import LoadResult, echo_load, raise_nofile
 from soak.report import FaultModule, LoadRow, Report, SigtermRow, render
-from soak.server import PROTOCOLS, ROOT, ServerProcess
+from tests.helpers import PARSERS, ROOT, STATS_ENV, LoadResult, ServerProcess, echo_load, raise_nofile
 
 TEST_MODULES = [
     "tests/test_reliability_faults.py",
@@ -114,7 +113,7 @@ def run_tests(fuzz_examples: int, timeout: float) -> tuple[list[FaultModule], li
         env = {
             **os.environ,
             "ASGI_HIJACK_FUZZ_EXAMPLES": str(fuzz_examples),
-            "ASGI_HIJACK_RELIABILITY_STATS": str(stats),
+            STATS_ENV: str(stats),
         }
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *TEST_MODULES]
         try:
@@ -137,7 +136,7 @@ def run_tests(fuzz_examples: int, timeout: float) -> tuple[list[FaultModule], li
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m soak", description=__doc__.splitlines()[0])
-    parser.add_argument("--parsers", default=",".join(PROTOCOLS), help="comma-separated: h11,httptools,zttp")
+    parser.add_argument("--parsers", default=",".join(PARSERS), help=f"comma-separated: {','.join(PARSERS)}")
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=60.0, help="load duration per parser")
     parser.add_argument("--sigterm-connections", type=int, default=1000)

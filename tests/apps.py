@@ -1,4 +1,4 @@
-"""ASGI apps the tests run on real servers. Results the client cannot see go to RESULTS."""
+"""ASGI apps the tests (and the soak run) serve on real servers. Results the client cannot see go to RESULTS."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from asgi_hijack import HijackedConnection, HijackError, hijack
-from soak.app import echo as soak_echo
 
 RESULTS: dict[str, Any] = {}
 """Keyed by the request's ``id`` query parameter; read by the tests (same process)."""
 
 KEEP: list[HijackedConnection] = []
+UPGRADE_HEADERS = [(b"upgrade", b"echo"), (b"connection", b"Upgrade")]
 
 
 async def respond(send: Any, status: int, body: bytes) -> None:
@@ -21,9 +21,45 @@ async def respond(send: Any, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def echo(conn: HijackedConnection) -> None:
-    """Echo everything (pending buffer, then socket) until EOF, then close."""
-    await soak_echo(conn, graceful=False)
+async def echo(conn: HijackedConnection, graceful: bool = False) -> None:
+    """Echo everything (pending buffer, then socket) until EOF, then close; with ``graceful``, stop
+    at the server's shutdown notice."""
+    task = asyncio.current_task()
+    if graceful and task is not None:
+        # Cancelling a task parked in read() or drain() loses no byte: read() takes nothing
+        # from the buffer until it returns, and written bytes stay in the transport's buffer,
+        # which close() flushes.
+        conn.on_shutdown(task.cancel)
+    async with conn:
+        try:
+            while data := await conn.reader.read(65536):
+                conn.writer.write(data)
+                await conn.writer.drain()
+        except ConnectionError:
+            pass  # the client went away: nothing to echo to
+        except asyncio.CancelledError:
+            if not conn.shutdown_requested.is_set():
+                raise
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """What the load runs (``tests.helpers.echo_load``, ``python -m soak``) and ``ServerProcess`` serve.
+
+    ``/echo``: hijack with a ``101`` head, then :func:`echo` until the client half-closes.
+    ``/echo?graceful``: the same, but when the server begins a graceful shutdown the owner
+    stops reading, flushes what it has echoed and closes (owners that ignore the notice are
+    aborted after ``--timeout-graceful-shutdown``). ``/plain``: ``200 ok``, to check that the
+    server still serves.
+    """
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/echo":
+        conn = await hijack(scope, receive, send, status=101, headers=UPGRADE_HEADERS)
+        await echo(conn, graceful=b"graceful" in scope["query_string"])
+    elif scope["path"] == "/plain":
+        await respond(send, 200, b"ok")
+    else:
+        await respond(send, 404, b"not found")
 
 
 def _head(query: dict[str, str]) -> dict[str, Any]:

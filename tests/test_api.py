@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
 import subprocess
@@ -17,7 +18,17 @@ from anyio.streams.tls import TLSStream
 
 from asgi_hijack import HijackedConnection, HijackError, HijackNotSupported, hijack
 from asgi_hijack.testing import RunningServer, serve
-from tests.conftest import PARSERS, connect, recv_all, recv_until
+from tests.helpers import (
+    PARSERS,
+    ROOT,
+    connect,
+    connect_retry,
+    free_port,
+    make_certificate,
+    recv_all,
+    recv_until,
+    server_log,
+)
 
 
 async def stream_api_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -64,33 +75,6 @@ def test_streams_socket_and_anyio_interfaces(hijack_server: Any, parser: str, lo
         sock.sendall(b"tail")
         sock.shutdown(socket.SHUT_WR)  # half-close: the app still answers
         assert recv_all(sock) == b"received=tail"
-
-
-def make_certificate(tmp_path: Path) -> tuple[Path, Path]:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return key, cert
 
 
 @pytest.mark.parametrize("parser", PARSERS)
@@ -148,7 +132,14 @@ async def report_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": body})
 
 
-@pytest.mark.parametrize("http", ["h11_impl:H11Protocol", "httptools_impl:HttpToolsProtocol", "zttp_impl:ZttpProtocol"])
+STOCK_PROTOCOLS = {
+    "h11": "h11_impl:H11Protocol",
+    "httptools": "httptools_impl:HttpToolsProtocol",
+    "zttp": "zttp_impl:ZttpProtocol",
+}
+
+
+@pytest.mark.parametrize("http", [STOCK_PROTOCOLS[parser] for parser in PARSERS])
 def test_stock_uvicorn_says_which_http_value_to_use(http: str) -> None:
     with serve(report_app, f"uvicorn.protocols.http.{http}") as server, connect(server) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -157,19 +148,17 @@ def test_stock_uvicorn_says_which_http_value_to_use(http: str) -> None:
     assert "--http asgi_hijack:HijackProtocol" in body
 
 
-def test_hypercorn_http11_says_which_server_to_use(tmp_path: Path) -> None:
-    port = _free_port()
-    (tmp_path / "report_app.py").write_text("from tests.test_api import report_app as app\n")
+def test_hypercorn_http11_says_which_server_to_use() -> None:
+    port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "report_app:app", "--bind", f"127.0.0.1:{port}"],
-        cwd=tmp_path,
-        env={**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{Path.cwd()}"},
+        [sys.executable, "-m", "hypercorn", "tests.test_api:report_app", "--bind", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        sock = _connect_retry(port)
-        with sock:
+        with connect_retry(("127.0.0.1", port)) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             body = recv_until(sock, b"implement the extension.").partition(b"\r\n\r\n")[2].decode()
         assert body.startswith("HijackNotSupported: ") and "hypercorn" in body
@@ -198,54 +187,17 @@ async def _never(*args: Any) -> Any:
     raise AssertionError("not reached")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _connect_retry(port: int) -> socket.socket:
-    import time
-
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            return socket.create_connection(("127.0.0.1", port), timeout=5)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 # -- logging: one line, as hijacked ------------------------------------------------------
-
-
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 def test_access_log_says_hijacked_once(hijack_server: Any) -> None:
     from tests.apps import probe_app
 
     server: RunningServer = hijack_server(probe_app, access_log=True, log_level="info")
-    collect = _Collect()
-    loggers = [logging.getLogger("uvicorn.error"), logging.getLogger("uvicorn.access")]
-    for logger in loggers:
-        logger.addHandler(collect)
-    try:
-        with connect(server) as sock:
-            sock.sendall(b"GET /echo?status=101 HTTP/1.1\r\nHost: x\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n\r\nx")
-            sock.shutdown(socket.SHUT_WR)
-            recv_all(sock)
-    finally:
-        for logger in loggers:
-            logger.removeHandler(collect)
-    lines = [line for line in collect.lines if "/echo" in line]
+    with server_log(logging.NOTSET, ["uvicorn.error", "uvicorn.access"]) as log, connect(server) as sock:
+        sock.sendall(b"GET /echo?status=101 HTTP/1.1\r\nHost: x\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n\r\nx")
+        sock.shutdown(socket.SHUT_WR)
+        recv_all(sock)
+    lines = [line for line in log.messages() if "/echo" in line]
     assert len(lines) == 1, lines
     assert lines[0].endswith('"GET /echo?status=101 HTTP/1.1" [hijacked 101]')

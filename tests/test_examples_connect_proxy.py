@@ -6,10 +6,8 @@ raw TCP servers for half-close and back-pressure.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,8 +23,7 @@ from starlette.routing import Route
 from asgi_hijack.testing import RunningServer
 from examples.connect_proxy import ConnectProxyMiddleware
 from examples.connect_proxy import app as example_app
-from tests.conftest import PARSERS, connect, recv_all, recv_until
-from tests.test_api import make_certificate
+from tests.helpers import PARSERS, connect, curl, make_certificate, recv_all, recv_until
 
 TIMEOUT = 10.0
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
@@ -87,12 +84,6 @@ def tcp_server() -> Iterator[Callable[[Callable[[socket.socket], None]], TcpServ
     for server in servers:
         server.close()
         assert not server.errors, server.errors
-
-
-def curl(*args: str) -> subprocess.CompletedProcess[str]:
-    path = shutil.which("curl")
-    assert path, "the curl binary is needed (apt-get install curl)"
-    return subprocess.run([path, "-sS", "--max-time", str(TIMEOUT), *args], capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("parser", PARSERS)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from examples.go_rpc import app
-from tests.conftest import PARSERS, connect, recv_all, recv_until
+from tests.helpers import PARSERS, connect, recv_all, recv_until
 
 GO_CLIENT_DIR = Path(__file__).resolve().parents[1] / "examples" / "go"
 CONNECT = b"CONNECT /_goRPC_ HTTP/1.0\n\n"  # byte for byte what rpc.DialHTTP sends

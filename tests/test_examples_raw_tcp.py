@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from examples.raw_tcp import ECHO_HEAD, GREETING, app
-from tests.conftest import PARSERS, connect, recv_all, recv_until
+from tests.helpers import PARSERS, connect, recv_all, recv_until, uvicorn_command
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = b"GET /hijack HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
@@ -55,16 +55,7 @@ def test_hijack_response_helper_writes_its_head_then_echoes(hijack_server: Any) 
 @pytest.fixture(
     params=[
         [sys.executable, "examples/raw_tcp.py", "0"],
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "examples.raw_tcp:app",
-            "--http",
-            "asgi_hijack:HijackProtocol",
-            "--port",
-            "0",
-        ],
+        uvicorn_command("examples.raw_tcp:app", "asgi_hijack:HijackProtocol", "--port", "0"),
     ],
     ids=["script", "uvicorn-cli"],
 )

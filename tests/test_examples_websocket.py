@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosedError
 
 from asgi_hijack.testing import RunningServer
 from examples.websocket_by_hand import app
-from tests.conftest import PARSERS
+from tests.helpers import PARSERS
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 TIMEOUT = 10.0
@@ -57,7 +57,8 @@ def test_websockets_client(hijack_server: Any, parser: str) -> None:
         "extensions": ["PerMessageDeflate"],
         "text": "héllo",
         "binary": b"\x00\x01\xff",
-        "fragments": ["ab", "cd", "ef", ""],  # echoed frame by frame
+        # Echoed frame by frame; with permessage-deflate, wsproto sends the compressed text at the last frame.
+        "fragments": ["", "", "", "abcdef"],
         "server_ping": ["ping", "pong received"],
         "close": (1000, "done"),
     }

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import json
-import shutil
 import socket
 import ssl
 import subprocess
@@ -25,10 +22,6 @@ import h2.connection
 import h2.events
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from h2.errors import ErrorCodes
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
@@ -36,15 +29,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from uvicorn.protocols.http.auto_zttp_impl import AutoZttpProtocol
 
 from asgi_hijack import HijackNotSupported, hijack, hijack_supported
 from asgi_hijack.testing import serve
+from tests.helpers import PARSERS, connect_retry, curl, make_certificate, requires_zttp
 
 TIMEOUT = 10.0
 HIJACKED = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nhijacked"
 H2C_BODY = b"HTTP/2 spoken by the app on a hijacked connection"
-CURL = shutil.which("curl")
 HTTP_1_1_REQUIRED = f"error_code:{ErrorCodes.HTTP_1_1_REQUIRED:d},"  # how httpx reports the reset
 
 Scope = MutableMapping[str, Any]
@@ -132,7 +124,7 @@ def hypercorn_server(app: App) -> Iterator[tuple[str, int]]:
     thread = threading.Thread(target=loop.run_until_complete, args=(main,), daemon=True)
     thread.start()
     try:
-        wait_listening(address)
+        connect_retry(address, TIMEOUT).close()
         yield address
     finally:
         loop.call_soon_threadsafe(stop.set)
@@ -148,16 +140,9 @@ def h2_server(kind: str, app: App) -> Iterator[tuple[str, int]]:
             yield address
         return
     # AutoZttpProtocol is exactly what ``--http zttp --http2`` loads.
-    with serve(app, "zttp" if kind == "asgi_hijack" else AutoZttpProtocol) as server:
+    stock = "uvicorn.protocols.http.auto_zttp_impl:AutoZttpProtocol"
+    with serve(app, "zttp" if kind == "asgi_hijack" else stock) as server:
         yield server.address
-
-
-def wait_listening(address: tuple[str, int]) -> None:
-    for _ in range(int(TIMEOUT / 0.05)):
-        with contextlib.suppress(OSError), socket.create_connection(address, timeout=TIMEOUT):
-            return
-        threading.Event().wait(0.05)
-    raise TimeoutError(f"nothing listens on {address}")
 
 
 def h2c_client(address: tuple[str, int]) -> httpx.Client:
@@ -168,39 +153,19 @@ def h2c_client(address: tuple[str, int]) -> httpx.Client:
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and its key: ``(cert.pem, key.pem)``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    folder = tmp_path_factory.mktemp("tls")
-    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return folder / "cert.pem", folder / "key.pem"
+    key, cert = make_certificate(tmp_path_factory.mktemp("tls"))
+    return cert, key
 
 
-def curl(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run curl; stdout ends with a line holding the HTTP version of the last response."""
-    assert CURL, "curl is required for these tests"
-    options = ["--silent", "--show-error", "--verbose", "--max-time", f"{TIMEOUT:g}", "-w", "\n%{http_version}"]
-    return subprocess.run([CURL, *options, *args], capture_output=True, text=True, timeout=TIMEOUT + 5, check=False)
+def curl_traced(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run curl with its trace on stderr; stdout ends with a line holding the HTTP version of the last response."""
+    return curl("--verbose", "-w", "\n%{http_version}", *args, timeout=TIMEOUT)
 
 
 # -- the END_STREAM receive() fix -----------------------------------------------------
 
 
+@requires_zttp
 @pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
 def test_http2_receive_returns_for_every_request(method: str) -> None:
     """uvicorn 0.54 never returns from receive() when HEADERS end the stream (a GET); we do."""
@@ -215,6 +180,7 @@ def test_http2_receive_returns_for_every_request(method: str) -> None:
     assert app.seen == [("2", "/echo"), ("2", "/echo")]
 
 
+@requires_zttp
 def test_http2_over_tls_by_alpn(tls: tuple[Path, Path]) -> None:
     """ALPN ``h2`` selects HTTP/2, ``http/1.1`` selects HTTP/1.1 where the hijack works."""
     cert, key = tls
@@ -233,6 +199,7 @@ def test_http2_over_tls_by_alpn(tls: tuple[Path, Path]) -> None:
 # -- RST_STREAM HTTP_1_1_REQUIRED -------------------------------------------------------
 
 
+@requires_zttp
 def test_refused_hijack_resets_only_its_stream() -> None:
     """A hijack escaping on stream 3 resets it with HTTP_1_1_REQUIRED; open stream 1 completes."""
     with serve(App(), "zttp") as server, socket.create_connection(server.address, timeout=TIMEOUT) as sock:
@@ -272,6 +239,7 @@ def test_refused_hijack_resets_only_its_stream() -> None:
     assert bodies == {1: b"2 sibling", 5: b"2 "}
 
 
+@requires_zttp
 def test_starlette_500_for_a_refused_hijack_becomes_the_reset() -> None:
     """Starlette's ServerErrorMiddleware sends a 500 before re-raising: on HTTP/2 the stream is reset instead."""
 
@@ -288,7 +256,10 @@ def test_starlette_500_for_a_refused_hijack_becomes_the_reset() -> None:
             assert client.get("/hijack").content == b"hijacked"
 
 
-@pytest.mark.parametrize("kind", ["asgi_hijack", "uvicorn", "hypercorn"])
+@pytest.mark.parametrize(
+    "kind",
+    [pytest.param("asgi_hijack", marks=requires_zttp), pytest.param("uvicorn", marks=requires_zttp), "hypercorn"],
+)
 def test_http2_hijack_refused_with_clear_error(kind: str) -> None:
     """Every HTTP/2 server: no ``http.hijack`` extension, and hijack() says why and what to do."""
     app = App()
@@ -309,24 +280,26 @@ def test_http2_hijack_refused_with_clear_error(kind: str) -> None:
 # -- curl -----------------------------------------------------------------------------
 
 
+@requires_zttp
 def test_curl_http2_over_tls_retries_over_http1(tls: tuple[Path, Path]) -> None:
     """curl (7.88 here) takes HTTP_1_1_REQUIRED, retries over HTTP/1.1, and the hijack answers."""
     cert, key = tls
     app = App()
     with serve(app, "zttp", ssl_certfile=str(cert), ssl_keyfile=str(key)) as server:
-        done = curl("--http2", "--cacert", str(cert), f"{server.url}/hijack")
+        done = curl_traced("--http2", "--cacert", str(cert), f"{server.url}/hijack")
     assert "HTTP_1_1_REQUIRED" in done.stderr  # curl's trace of the reset, before its retry
     assert done.returncode == 0, done.stderr
     assert done.stdout == "hijacked\n1.1", done.stderr
     assert app.seen == [("2", "/hijack"), ("1.1", "/hijack")]
 
 
+@requires_zttp
 def test_curl_http2_prior_knowledge_retries_over_http1() -> None:
     """curl with prior knowledge also retries over HTTP/1.1 on the same cleartext port."""
     app = App()
     with serve(app, "zttp") as server:
-        done = curl("--http2-prior-knowledge", f"{server.url}/hijack")
-        echo = curl("--http2-prior-knowledge", f"{server.url}/echo")
+        done = curl_traced("--http2-prior-knowledge", f"{server.url}/hijack")
+        echo = curl_traced("--http2-prior-knowledge", f"{server.url}/echo")
     assert "HTTP_1_1_REQUIRED" in done.stderr
     assert done.returncode == 0, done.stderr
     assert done.stdout == "hijacked\n1.1", done.stderr
@@ -337,13 +310,13 @@ def test_curl_http2_prior_knowledge_retries_over_http1() -> None:
 # -- Upgrade: h2c on HTTP/1.1 -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("protocol", ["h11", "httptools", "zttp"])
+@pytest.mark.parametrize("protocol", PARSERS)
 def test_h2c_upgrade_is_an_ordinary_upgrade_token(protocol: str) -> None:
     """``curl --http2 http://`` asks ``Upgrade: h2c``: served as HTTP/1.1, or hijacked by the app."""
     app = App()
     with serve(app, protocol) as server:
-        plain = curl("--http2", f"{server.url}/echo")
-        upgraded = curl("--http2", f"{server.url}/h2c")
+        plain = curl_traced("--http2", f"{server.url}/echo")
+        upgraded = curl_traced("--http2", f"{server.url}/h2c")
     assert "Upgrade: h2c" in plain.stderr and "Upgrade: h2c" in upgraded.stderr
     assert plain.stdout == "1.1 \n1.1", plain.stderr
     assert upgraded.stdout == H2C_BODY.decode() + "\n2", upgraded.stderr

@@ -19,7 +19,7 @@ from asgi_hijack import hijack
 from asgi_hijack.lifecycle import STATE_HOOKS_KEY, ConnectionInfo, ConnState
 from asgi_hijack.testing import RunningServer
 from tests.apps import respond
-from tests.conftest import PARSERS, connect, recv_all, recv_until
+from tests.helpers import PARSERS, connect, recv_all, recv_until
 
 
 async def identity_app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from asgi_hijack import IncompleteBodyError
 from asgi_hijack.testing import RunningServer
 from tests.apps import RESULTS
-from tests.conftest import connect, recv_all, recv_until
+from tests.helpers import PARSERS, connect, recv_all, recv_until
 
 HEAD_101 = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: tcp\r\nconnection: Upgrade\r\n\r\n"
 
@@ -169,7 +169,7 @@ def test_no_byte_lost_or_duplicated_whatever_the_segmentation(
 def test_no_byte_lost_on_uvloop(hijack_server: object, loop: str) -> None:
     from tests.apps import probe_app
 
-    for parser in ("h11", "httptools", "zttp"):
+    for parser in PARSERS:
         server = hijack_server(probe_app, parser, loop=loop)  # type: ignore[operator]
         payload = os.urandom(200_000)
         out = exchange(server, [b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n" + payload[:1000], payload[1000:]])

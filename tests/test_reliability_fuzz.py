@@ -16,7 +16,7 @@ over two writes. The properties:
 * a new connection is served normally afterwards.
 
 ``ASGI_HIJACK_FUZZ_EXAMPLES`` sets the number of examples per protocol (the soak run
-raises it); the figures go to ``docs/reliability.md`` through :mod:`soak.stats`.
+raises it); the figures go to ``docs/reliability.md`` through ``tests.helpers.record``.
 """
 
 from __future__ import annotations
@@ -39,9 +39,7 @@ from hypothesis import strategies as st
 from asgi_hijack import HijackError, hijack
 from asgi_hijack.core import HijackServerMixin
 from asgi_hijack.testing import RunningServer, serve
-from soak.stats import record
-from soak.wire import connect, parse_responses, recv_to_close, server_errors
-from tests.conftest import PARSERS
+from tests.helpers import PARSERS, assert_serving, connect, parse_responses, record, recv_to_close, server_errors
 
 EXAMPLES = int(os.environ.get("ASGI_HIJACK_FUZZ_EXAMPLES", "120"))
 SILENT_BATCHES = max(2, EXAMPLES // 60)
@@ -348,12 +346,6 @@ def check_exchange(server: RunningServer, payload: bytes, wire: bytes, port: int
         tally.outcomes["closed without a response"] += 1
 
 
-def assert_serving(server: RunningServer) -> None:
-    with connect(server.address) as sock:
-        sock.sendall(b"GET /plain HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        assert recv_to_close(sock).data.endswith(b"\r\n\r\nok"), "the server stopped serving"
-
-
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -370,7 +362,7 @@ def test_hostile_requests_then_half_close(server: RunningServer, payload: bytes,
         wire, _, port = exchange(server, payload, int(len(payload) * cut), half_close=True)
         check_exchange(server, payload, wire, port, tally)
         assert_serving(server)
-    assert errors.errors == [], errors.describe()
+    assert errors.records == [], errors.describe()
 
 
 REGRESSIONS = {
@@ -404,7 +396,7 @@ def test_hostile_requests_found_by_the_fuzz(server: RunningServer, name: str) ->
         wire, _, port = exchange(server, payload, len(payload), half_close=half_close)
         check_exchange(server, payload, wire, port, Tally())
         assert_serving(server)
-    assert errors.errors == [], errors.describe()
+    assert errors.records == [], errors.describe()
 
 
 # No shrinking: a failing batch costs BOUND seconds per attempt, and the message names the payload.
@@ -429,4 +421,4 @@ def test_hostile_requests_then_silence(server: RunningServer, batch: list[bytes]
                 assert closing.how != "open", f"{payload[:200]!r} kept open; got {closing.data[:200]!r}"
                 check_exchange(server, payload, closing.data, sock.getsockname()[1], tally)
         assert_serving(server)
-    assert errors.errors == [], errors.describe()
+    assert errors.records == [], errors.describe()

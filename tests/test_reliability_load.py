@@ -1,6 +1,6 @@
 """Load: 1,000 concurrent hijacked connections echo random-sized payloads; no byte lost, no descriptor kept.
 
-The server runs in a process of its own (``soak.server``): its ``/proc/PID/fd`` then
+The server runs in a process of its own (``tests.helpers.ServerProcess``): its ``/proc/PID/fd`` then
 counts only the server's descriptors, so "back to where they started" is exact. (The
 in-process test server shares the test's descriptor table with the 1,000 client
 sockets, which would blur the count.) The same client runs for 60 s in ``make soak``.
@@ -12,9 +12,7 @@ import asyncio
 
 import pytest
 
-from soak.load import echo_load, raise_nofile
-from soak.server import ServerProcess
-from tests.conftest import PARSERS
+from tests.helpers import PARSERS, ServerProcess, echo_load, raise_nofile
 
 CONNECTIONS = 1000
 SECONDS = 5.0

@@ -2,7 +2,7 @@
 
 The interface under test: ``asgi_hijack.core.HEAD_TIMEOUT`` (default 10 s, or the
 ``ASGI_HIJACK_HEAD_TIMEOUT`` environment variable), read per connection from the class
-attribute ``HijackServerMixin.head_timeout`` when the protocol is constructed, so a
+attribute ``HijackSettings.head_timeout`` when the protocol is constructed, so a
 subclass or a patched attribute changes it. The clock runs from the moment the server
 waits for a head (a new connection, or a response completed on a keep-alive connection)
 until the head is complete; bytes trickling in do not restart it. It never applies to a
@@ -24,14 +24,23 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from uvicorn.importer import import_from_string
 
-from asgi_hijack import H11HijackProtocol, HttpToolsHijackProtocol, hijack
-from asgi_hijack.core import HijackServerMixin
+from asgi_hijack import hijack
+from asgi_hijack.settings import HijackSettings
 from asgi_hijack.testing import RunningServer, serve
-from asgi_hijack.zttp_h1 import ZttpH1HijackProtocol
-from soak.server import ROOT, ServerProcess
-from soak.wire import Closing, connect, parse_responses, recv_exactly, recv_to_close, recv_until
-from tests.conftest import PARSERS
+from tests.helpers import (
+    PARSERS,
+    ROOT,
+    Closing,
+    ServerProcess,
+    assert_serving,
+    connect,
+    parse_responses,
+    recv_exactly,
+    recv_to_close,
+    recv_until,
+)
 
 HEAD_TIMEOUT = 0.25
 EARLY = 0.05
@@ -67,7 +76,7 @@ async def slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 @pytest.fixture(scope="module", params=PARSERS)
 def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(HijackServerMixin, "head_timeout", HEAD_TIMEOUT)
+        patch.setattr(HijackSettings, "head_timeout", HEAD_TIMEOUT)
         with serve(slow_app, request.param, timeout_keep_alive=60, timeout_graceful_shutdown=1) as running:
             yield running
 
@@ -83,12 +92,6 @@ def assert_cut(closing: Closing, since: float, timeout: float = HEAD_TIMEOUT) ->
     assert elapsed >= timeout - EARLY, f"closed after {elapsed:.3f}s, before the head timeout"
     responses, rest = parse_responses(closing.data)
     assert rest == b"" and [r.status for r in responses] in ([], [408]), closing.data
-
-
-def assert_serving(server: RunningServer) -> None:
-    with connect(server.address) as sock:
-        sock.sendall(b"GET /plain HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        assert recv_to_close(sock).data.endswith(b"\r\n\r\nok")
 
 
 def test_a_silent_new_connection_is_closed(server: RunningServer) -> None:
@@ -179,20 +182,17 @@ def test_a_pipelined_partial_head_does_not_cut_the_response_before_it(server: Ru
     assert [r.status for r in responses[1:]] in ([], [408]), closing.data
 
 
-class QuickH11(H11HijackProtocol):
-    head_timeout = 0.3
+H1_PROTOCOLS = {
+    "h11": "asgi_hijack:H11HijackProtocol",
+    "httptools": "asgi_hijack:HttpToolsHijackProtocol",
+    "zttp": "asgi_hijack.zttp_h1:ZttpH1HijackProtocol",
+}
 
 
-class QuickHttpTools(HttpToolsHijackProtocol):
-    head_timeout = 0.3
-
-
-class QuickZttp(ZttpH1HijackProtocol):
-    head_timeout = 0.3
-
-
-@pytest.mark.parametrize("protocol", [QuickH11, QuickHttpTools, QuickZttp], ids=PARSERS)
-def test_a_subclass_sets_its_own_head_timeout(protocol: type[asyncio.Protocol]) -> None:
+@pytest.mark.parametrize("parser", PARSERS)
+def test_a_subclass_sets_its_own_head_timeout(parser: str) -> None:
+    base = import_from_string(H1_PROTOCOLS[parser])
+    protocol = type(f"Quick{base.__name__}", (base,), {"head_timeout": 0.3})
     with serve(slow_app, protocol, timeout_keep_alive=60, timeout_graceful_shutdown=1) as running:
         since = time.monotonic()
         with connect(running.address) as sock:

@@ -32,8 +32,7 @@ from starlette.routing import Route
 
 from asgi_hijack import AlreadyHijackedError, HijackError, hijack
 from asgi_hijack.testing import RunningServer, serve
-from soak.wire import connect, parse_responses, recv_to_close, server_errors
-from tests.conftest import PARSERS
+from tests.helpers import PARSERS, connect, parse_responses, recv_to_close, server_errors
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 SEEN: list[tuple[int, str, str]] = []
@@ -279,5 +278,5 @@ def test_no_byte_from_the_server_after_a_hijack(stacks_server: RunningServer, st
     late, LATE[:] = LATE[:], []
     if stack == "timeout-responder" or (stack == "late-responder" and ending == "return"):
         assert late and all(isinstance(exc, AlreadyHijackedError) for exc in late), late
-    for error in errors.errors:  # only the app's failure, or a refused send after the hijack
+    for error in errors.records:  # only the app's failure, or a refused send after the hijack
         assert error.exc_type in (RuntimeError, AlreadyHijackedError), errors.describe()

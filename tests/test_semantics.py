@@ -18,7 +18,7 @@ from asgi_hijack import (
 )
 from asgi_hijack.testing import RunningServer
 from tests.apps import KEEP, RESULTS, probe_app
-from tests.conftest import PARSERS, connect, recv_all, recv_until
+from tests.helpers import PARSERS, connect, recv_all, recv_until
 
 
 def get_json(server: RunningServer, raw: bytes) -> dict[str, object]:
@@ -154,15 +154,27 @@ def test_the_app_raising_after_hijack_writes_no_500(probe_server: RunningServer)
         assert recv_until(sock, b"ok").endswith(b"ok")
 
 
-def test_the_server_does_not_close_a_connection_the_app_still_owns(probe_server: RunningServer) -> None:
+def test_an_app_that_raises_after_the_hijack_has_its_connection_closed(probe_server: RunningServer) -> None:
+    # Deterministic, whoever still holds a reference: the exception means the handler failed.
     with connect(probe_server) as sock:
         sock.sendall(b"GET /raise-before-close HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert recv_until(sock, b"still here") == b"still here"
-        time.sleep(0.3)  # the app raised; uvicorn must neither write a 500 nor close
+        assert recv_all(sock) == b"still here"  # what it wrote is flushed, then EOF: no 500
+    conn = KEEP.pop()
+    assert conn.is_closing
+
+
+def test_the_server_does_not_close_a_connection_the_app_kept_after_returning(probe_server: RunningServer) -> None:
+    # Go's contract: after the hijack the server does nothing with the connection, whoever owns it.
+    with connect(probe_server) as sock:
+        sock.sendall(b"GET /keep-open?id=kept HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert recv_until(sock, b"\r\n\r\n").startswith(b"HTTP/1.1 101 ")
+        time.sleep(0.3)  # the app returned: uvicorn must neither write nor close
         conn = KEEP.pop()
-        probe_server.loop.call_soon_threadsafe(conn.writer.write, b" and owned")
-        assert recv_until(sock, b"owned") == b" and owned"
+        assert RESULTS.pop("kept") is conn and not conn.is_closing
+        probe_server.loop.call_soon_threadsafe(conn.writer.write, b"still owned")
+        assert recv_until(sock, b"owned") == b"still owned"
         probe_server.loop.call_soon_threadsafe(conn.close)
+        assert recv_all(sock) == b""
 
 
 def test_send_after_hijack_raises_and_writes_nothing(probe_server: RunningServer) -> None:

@@ -6,65 +6,39 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import PARSERS, recv_all, recv_until
+from asgi_hijack.testing import PROTOCOLS
+from tests.helpers import PARSERS, connect_retry, free_port, recv_all, recv_until, uvicorn_command
 
 GRACE = 2
 
 
 def start_uvicorn(parser: str, port: int) -> subprocess.Popen[bytes]:
-    cls = {"h11": "H11HijackProtocol", "httptools": "HttpToolsHijackProtocol", "zttp": "ZttpHijackProtocol"}[parser]
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-X",
-            "dev",
-            "-m",
-            "uvicorn",
+        uvicorn_command(
             "tests.apps:probe_app",
-            "--http",
-            f"asgi_hijack:{cls}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--timeout-graceful-shutdown",
-            str(GRACE),
-            "--lifespan",
-            "off",
-        ],
+            PROTOCOLS[parser],
+            *("--host", "127.0.0.1", "--port", str(port), "--timeout-graceful-shutdown", str(GRACE)),
+            *("--lifespan", "off"),
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONWARNINGS": "always"},
+        env={**os.environ, "PYTHONWARNINGS": "always", "PYTHONDEVMODE": "1"},
     )
 
 
 def hijacked(port: int, route: str, count: int) -> list[socket.socket]:
-    deadline = time.monotonic() + 10
     socks = []
     while len(socks) < count:
-        try:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        except OSError:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.1)
-            continue
+        sock = connect_retry(("127.0.0.1", port))
         sock.sendall(f"GET {route} HTTP/1.1\r\nHost: x\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n\r\n".encode())
         socks.append(sock)
     for sock in socks:
         recv_until(sock, b"\r\n\r\n" if route.startswith("/echo") else b"ready")
     return socks
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.mark.parametrize("parser", PARSERS)

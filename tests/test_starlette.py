@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route
 
 from asgi_hijack import HijackedConnection, HijackNotSupported, hijack
 from asgi_hijack.starlette import Hijacked, HijackResponse
-from tests.conftest import PARSERS, connect, recv_all, recv_until
+from tests.helpers import PARSERS, connect, recv_all, recv_until
 
 UPGRADE = [(b"Upgrade", b"tcp"), (b"Connection", b"Upgrade")]
 UPGRADED = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n\r\n"
