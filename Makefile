@@ -3,7 +3,8 @@
 # what the machine already had. All it needs to start is a Python 3.11+ with pip (BASE_PYTHON).
 BASE_PYTHON ?= python3
 UV_VERSION := 0.13.9
-UV := $(BASE_PYTHON) -m uv
+TOOLS := $(CURDIR)/.tools
+UV := $(TOOLS)/bin/uv
 INTERPRETER := $(shell $(BASE_PYTHON) -c 'import sys; print(sys.executable)')
 VENV := $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python
@@ -20,9 +21,11 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .PHONY: uv venv system-deps setup run test lint test-latest test-matrix test-matrix-ci compat-table dist bench bench-quick
 
-# uv itself, at the pinned version, installed with pip when BASE_PYTHON lacks it.
+# uv itself, at the pinned version, in a small venv of its own (.tools): that works with any Python 3.11+,
+# including a distribution's "externally managed" one, where `pip install` outside a venv is refused.
 uv:
-	@$(UV) --version 2>/dev/null | grep -q '^uv $(UV_VERSION) ' || $(BASE_PYTHON) -m pip install -q "uv==$(UV_VERSION)"
+	@$(UV) --version 2>/dev/null | grep -q '^uv $(UV_VERSION)' \
+		|| ($(BASE_PYTHON) -m venv --clear $(TOOLS) && $(TOOLS)/bin/pip install -q "uv==$(UV_VERSION)")
 
 # .venv from uv.lock: the package (editable), every extra and the dev group. --locked fails, and says to run
 # `uv lock`, when pyproject.toml's dependencies changed and the lock was not updated.
