@@ -385,7 +385,8 @@ def test_app_returns_without_closing_the_hijacked_connection(
         closing = recv_to_close(sock)
         unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert (closing.data, closing.how) == (b"dropped", "eof"), "the connection must close once the app lets go of it"
-    assert any("unclosed" in text for text in unclosed), unclosed
+    # asyncio's StreamWriter warns when dropped open from Python 3.11.5 on (it has __del__ there).
+    assert any("unclosed" in text for text in unclosed) or not hasattr(asyncio.StreamWriter, "__del__"), unclosed
     guard.check()
 
 
