@@ -69,9 +69,9 @@ def require_zttp() -> None:
 
     if importlib.util.find_spec("zttp") is None:
         raise ImportError("ZttpHijackProtocol needs the zttp package: pip install 'asgi-hijack[zttp]'")
-    if importlib.util.find_spec("uvicorn.protocols.http.zttp_impl") is None:
+    if importlib.util.find_spec("uvicorn.protocols.http.auto_zttp_impl") is None:
         raise ImportError(
-            f"ZttpHijackProtocol needs a uvicorn with zttp support (0.51 or later); uvicorn "
+            f"ZttpHijackProtocol needs a uvicorn with zttp HTTP/2 support (0.53 or later); uvicorn "
             f"{uvicorn.__version__} has none. Use HttpToolsHijackProtocol or H11HijackProtocol, "
             "or upgrade uvicorn."
         )

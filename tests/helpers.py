@@ -67,7 +67,7 @@ def _import_error(*modules: str) -> str | None:
     return None
 
 
-_NO_ZTTP = _import_error("zttp", "uvicorn.protocols.http.zttp_impl")
+_NO_ZTTP = _import_error("zttp", "uvicorn.protocols.http.auto_zttp_impl")
 PARSERS = [
     name
     for name, missing in [("h11", None), ("httptools", _import_error("httptools")), ("zttp", _NO_ZTTP)]
