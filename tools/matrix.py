@@ -105,13 +105,15 @@ def version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
-def interpreter_version(path: str) -> str | None:
-    """``3.12.1`` for a working interpreter, None for a pyenv shim that is not selected, or no file."""
+def probe(path: str) -> tuple[str, str] | None:
+    """``("3.12.1", real executable)`` for a working interpreter; None for no file or an unselected pyenv shim."""
+    code = "import platform, sys; print(platform.python_version(), sys.executable)"
     try:
-        run = subprocess.run([path, "-c", "import platform; print(platform.python_version())"], capture_output=True)
+        run = subprocess.run([path, "-c", code], capture_output=True, text=True)
     except OSError:
         return None
-    return run.stdout.decode().strip() if run.returncode == 0 else None
+    version, _, executable = run.stdout.strip().partition(" ")
+    return (version, executable) if run.returncode == 0 else None
 
 
 def find_interpreter(python: str) -> str:
@@ -123,8 +125,8 @@ def find_interpreter(python: str) -> str:
         root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()
         candidates += [f"{root}/versions/{build}/bin/python3" for build in reversed(builds)]
     for candidate in candidates:
-        if (interpreter_version(candidate) or "").startswith(f"{python}."):
-            return candidate
+        if (probed := probe(candidate)) and probed[0].startswith(f"{python}."):
+            return probed[1]
     raise SystemExit(f"No Python {python} found: install it (`pyenv install {python}`) or put python{python} on PATH.")
 
 
@@ -159,7 +161,7 @@ def run_combo(combo: Combo, interpreter: str, uv: Sequence[str], cache: Path, te
     junit.unlink(missing_ok=True)
     env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON_DOWNLOADS": "never"}
     env.pop("VIRTUAL_ENV", None)
-    python = str(venv / "bin" / "python")
+    python, shown_log = str(venv / "bin" / "python"), os.path.relpath(log_path, ROOT)
     outcome, started = Outcome(combo.python, combo.uvicorn), time.monotonic()
     steps = [
         [*uv, "sync", "--quiet", "--locked", "--all-extras", "--python", interpreter],
@@ -172,17 +174,17 @@ def run_combo(combo: Combo, interpreter: str, uv: Sequence[str], cache: Path, te
             log.flush()
             code = subprocess.run(step, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
             if code and step is not steps[-1]:
-                outcome.problems.append(f"set-up failed: `{shlex.join(step)}` exited {code} (see {log_path})")
+                outcome.problems.append(f"set-up failed: `{shlex.join(step)}` exited {code} (see {shown_log})")
                 break
     outcome.seconds = round(time.monotonic() - started, 1)
-    outcome.interpreter = interpreter_version(python) or ""
+    outcome.interpreter = probed[0] if (probed := probe(python)) else ""
     if outcome.problems:
         return outcome
     if junit.exists():
         outcome.passed, outcome.failed, outcome.errors, outcome.skipped, outcome.problems = read_junit(junit)
     if code and not outcome.problems:
         tail = " ".join(log_path.read_text().strip().splitlines()[-1:])
-        outcome.problems.append(f"pytest exited {code}: {tail} (see {log_path})")
+        outcome.problems.append(f"pytest exited {code}: {tail} (see {shown_log})")
     return outcome
 
 
