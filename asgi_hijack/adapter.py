@@ -32,6 +32,7 @@ __all__ = [
     "ServerState",
     "check_version",
     "cycle_of",
+    "hijacked_connections",
     "loop_factory",
     "release",
     "require_zttp",
@@ -170,6 +171,15 @@ def loop_factory(config: Any) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
         return uvloop.new_event_loop
     return asyncio.new_event_loop
+
+
+def hijacked_connections(server_state: Any) -> set[Any]:
+    """The hijacked connections open on this server, kept on uvicorn's ``ServerState`` (one per
+    ``uvicorn.Server``, so one per process): a set of our own, under a private attribute."""
+    live: set[Any] | None = getattr(server_state, "_asgi_hijack_hijacked", None)
+    if live is None:
+        live = server_state._asgi_hijack_hijacked = set()
+    return live
 
 
 def cycle_of(send: Callable[[Any], Awaitable[None]]) -> Cycle:

@@ -33,6 +33,7 @@ class _HijackedProtocol(asyncio.StreamReaderProtocol):
         reader: asyncio.StreamReader,
         owner: HijackedConnection,
         connections: set[Any],
+        hijacked: set[Any],
         grace: float | None,
     ) -> None:
         super().__init__(reader)
@@ -43,12 +44,15 @@ class _HijackedProtocol(asyncio.StreamReaderProtocol):
         # Weak, so that an owner dropped without closing is collected (and closed).
         self._owner = weakref.ref(owner)
         self._connections = connections
+        self._hijacked = hijacked
         self._grace = grace
         self._close_timer: asyncio.TimerHandle | None = None
         connections.add(self)
+        hijacked.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
+        self._hijacked.discard(self)
         if self._close_timer is not None:
             self._close_timer.cancel()
         owner = self._owner()
@@ -151,6 +155,7 @@ class HijackedConnection(ByteStream):
         eof: bool = False,
         info: ConnectionInfo | None = None,
         connections: set[Any] | None = None,
+        hijacked: set[Any] | None = None,
         shutdown_grace: float | None = None,
         limit: int = DEFAULT_LIMIT,
     ) -> None:
@@ -167,7 +172,13 @@ class HijackedConnection(ByteStream):
         self._shutdown_event: asyncio.Event | None = None
         self._shutdown_callbacks: list[Callable[[], object]] | None = None
         reader = _Reader(limit=limit, loop=loop)
-        protocol = _HijackedProtocol(reader, self, connections if connections is not None else set(), shutdown_grace)
+        protocol = _HijackedProtocol(
+            reader,
+            self,
+            connections if connections is not None else set(),
+            hijacked if hijacked is not None else set(),
+            shutdown_grace,
+        )
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         transport.resume_reading()

@@ -29,6 +29,7 @@ from .errors import (
     AlreadyHijackedError,
     AppReturnedError,
     ClientDisconnectedError,
+    HijackLimitError,
     IncompleteBodyError,
     ResponseStartedError,
 )
@@ -435,6 +436,13 @@ class HijackServerMixin(HijackSettings):
                 "the chunked request body has only partly arrived: its framing cannot be handed over. "
                 "Read the body to the end with receive() first, then hijack."
             )
+        live = adapter.hijacked_connections(self.server_state)
+        if self.max_hijacked is not None and len(live) >= self.max_hijacked:
+            raise HijackLimitError(
+                f"{len(live)} hijacked connections are open, the most this server allows "
+                f"(max_hijacked={self.max_hijacked}, ASGI_HIJACK_MAX_HIJACKED): nothing was written. "
+                "Answer the request instead, e.g. with 503 and Retry-After, or raise the cap."
+            )
         status = message.get("status")
         head = b""
         if status is not None:
@@ -460,6 +468,7 @@ class HijackServerMixin(HijackSettings):
             eof=framer.eof,
             info=conn.info,
             connections=self.connections,
+            hijacked=live,
             shutdown_grace=self.drain_timeout if grace is None else grace,
         )
         conn.set(ConnState.HIJACKED)

@@ -10,6 +10,7 @@ __all__ = [
     "AppReturnedError",
     "ClientDisconnectedError",
     "HijackError",
+    "HijackLimitError",
     "HijackNotSupported",
     "IncompleteBodyError",
     "MiddlewareBlockedError",
@@ -52,3 +53,10 @@ class IncompleteBodyError(HijackError):
 
 class MiddlewareBlockedError(HijackError):
     """A middleware between the app and the server dropped or rejected the ``http.hijack`` message."""
+
+
+class HijackLimitError(HijackError):
+    """The server's cap on concurrent hijacked connections (``max_hijacked``) is reached.
+
+    Raised before anything is written, so the app can still answer, e.g. with a 503.
+    """

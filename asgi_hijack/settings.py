@@ -24,6 +24,19 @@ when uvicorn's ``--timeout-graceful-shutdown`` is not given; then they are close
 Environment override: ``ASGI_HIJACK_DRAIN_TIMEOUT`` (``none``: wait for ever)."""
 
 
+def _count(name: str) -> int | None:
+    text = os.environ.get(name, "").strip()
+    if not text or text.lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a whole number (for example {name}=1000)") from None
+    if value < 0:
+        raise ValueError(f"{name}={text!r} must not be negative")
+    return value
+
+
 def _seconds(name: str, default: float | None) -> float | None:
     text = os.environ.get(name)
     if text is None or not text.strip():
@@ -47,6 +60,10 @@ class HijackSettings:
     drain_timeout: float | None = _seconds("ASGI_HIJACK_DRAIN_TIMEOUT", DRAIN_TIMEOUT)
     """Shutdown drain for hijacked connections without ``--timeout-graceful-shutdown`` (see
     :data:`DRAIN_TIMEOUT`); ``None`` waits for ever."""
+    max_hijacked: int | None = _count("ASGI_HIJACK_MAX_HIJACKED")
+    """Cap on the hijacked connections open at once in this server process (``None``: no cap).
+    Over it, :func:`~asgi_hijack.hijack` raises :class:`~asgi_hijack.errors.HijackLimitError`
+    before anything is written. Environment: ``ASGI_HIJACK_MAX_HIJACKED``."""
     conn_state_hooks: tuple[ConnStateHook, ...] = ()
     """Connection state hooks of a server wrapper; apps register theirs in lifespan state."""
 
