@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+import contextlib
+import functools
+import types
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any, Protocol, overload
 
 from .connection import HijackedConnection
@@ -24,14 +27,75 @@ PROTOCOL_HINT = (
 
 
 class _RequestLike(Protocol):
-    """What hijack() needs of a Starlette ``Request``."""
+    """A request object: Starlette's and FastAPI's ``Request`` (``_send``), Litestar's (``send``)."""
 
     @property
     def scope(self) -> Any: ...
     @property
     def receive(self) -> Any: ...
-    @property
-    def _send(self) -> Any: ...
+
+
+_USAGE = (
+    "pass the ASGI (scope, receive, send) of an HTTP request, or a request object that carries them: "
+    "a Starlette or FastAPI Request (hijack(request)) or a Litestar Request"
+)
+
+
+def _scope_and_send(scope: Any, receive: Any, send: Any) -> tuple[Scope, Send]:
+    """The scope and send of ``hijack()``'s arguments, or a TypeError that says what to pass."""
+    if receive is None and send is None:  # a request object (Starlette's is also a Mapping)
+        request, scope = scope, getattr(scope, "scope", None)
+        receive = getattr(request, "receive", None)
+        send = getattr(request, "_send", None) or getattr(request, "send", None)
+        what = f"a {type(request).__module__}.{type(request).__qualname__} and no receive or send"
+    else:
+        what = f"({type(scope).__name__}, {type(receive).__name__}, {type(send).__name__})"
+    if not (isinstance(scope, MutableMapping) and callable(receive) and callable(send)):
+        raise TypeError(f"hijack() got {what}: {_USAGE}.")
+    return scope, send
+
+
+_BLOCKING_MIDDLEWARE = ("starlette.middleware.base", "BaseHTTPMiddleware.")
+"""Where the closures of Starlette's BaseHTTPMiddleware live: its ``send`` is one of them."""
+_SERVER_MODULE = "asgi_hijack.core"
+"""The module of the server's own ``send``: the chain ends there."""
+_CALLABLES = (types.FunctionType, types.MethodType, functools.partial)
+
+
+def _wrapped(send: object) -> list[object]:
+    """What ``send`` delegates to: its closure cells, a bound method's instance attributes, a partial's contents."""
+    found: list[object] = []
+    if isinstance(send, functools.partial):
+        found.extend([send.func, *send.args, *send.keywords.values()])
+    if isinstance(send, types.MethodType):
+        found.extend(getattr(send.__self__, "__dict__", {}).values())
+        send = send.__func__
+    if isinstance(send, types.FunctionType):
+        for cell in send.__closure__ or ():
+            with contextlib.suppress(ValueError):  # an empty cell
+                found.append(cell.cell_contents)
+    return [item for item in found if isinstance(item, _CALLABLES)]
+
+
+def _send_chain(send: object, limit: int = 100) -> Iterator[object]:
+    """``send`` and the callables it wraps up to the server's, nearest first (at most ``limit``)."""
+    queue, seen = [send], set[int]()
+    while queue and len(seen) < limit:
+        current = queue.pop(0)
+        if id(current) not in seen:
+            seen.add(id(current))
+            yield current
+            if getattr(current, "__module__", None) != _SERVER_MODULE:
+                queue.extend(_wrapped(current))
+
+
+def _base_http_middleware(send: Send) -> bool:
+    """True if a Starlette ``BaseHTTPMiddleware`` is anywhere between this ``send`` and the server."""
+    module, prefix = _BLOCKING_MIDDLEWARE
+    return any(
+        getattr(item, "__module__", None) == module and getattr(item, "__qualname__", "").startswith(prefix)
+        for item in _send_chain(send)
+    )
 
 
 def _describe(send: object) -> str:
@@ -74,6 +138,12 @@ def _unsupported(scope: Scope) -> HijackNotSupported:
     )
 
 
+def require_hijacked(scope: Scope) -> None:
+    """Raise :class:`RuntimeError` unless this request was hijacked (for ``Hijacked`` responses)."""
+    if "connection" not in (scope.get("extensions") or {}).get(EXTENSION, {}):
+        raise RuntimeError("Hijacked() returned by a handler that did not hijack: call hijack(request) first")
+
+
 def hijack_supported(scope: Scope) -> bool:
     """True if the server offers ``http.hijack`` for this request (HTTP/1.x on our protocols)."""
     return EXTENSION in (scope.get("extensions") or {})
@@ -114,7 +184,8 @@ async def hijack(
 ) -> HijackedConnection:
     """Take over the connection of this HTTP/1.x request; the server lets go of it.
 
-    Pass ``(scope, receive, send)``, or a Starlette ``Request``. With ``status`` (and
+    Pass ``(scope, receive, send)``, or a request object: Starlette's, FastAPI's or Litestar's
+    ``Request`` (anything else raises :class:`TypeError`). With ``status`` (and
     ``headers``, ``reason``) the server first writes that response head and flushes it
     on its own; without, nothing is written. The returned connection's reader yields
     the bytes the server had read but the app had not received, then socket data.
@@ -123,21 +194,20 @@ async def hijack(
     server or protocol (:class:`HijackNotSupported`), second hijack, response already
     started, app already returned, client gone, or a middleware that blocked it.
     """
-    if send is None:
-        request = scope
-        scope, send = request.scope, request._send
-    assert send is not None
+    scope, send = _scope_and_send(scope, receive, send)
     extension = (scope.get("extensions") or {}).get(EXTENSION)
     if extension is None:
         raise _unsupported(scope)
     if "connection" in extension:
         raise AlreadyHijackedError("this connection was already hijacked; hijack() may be called once per request")
-    if "BaseHTTPMiddleware" in _describe(send):
+    if _base_http_middleware(send):
         raise MiddlewareBlockedError(
             "hijack() cannot pass through Starlette's BaseHTTPMiddleware: it runs the endpoint in a "
             "separate task and rebuilds the response from http.response.* messages, so the "
-            "http.hijack message never reaches the server. Rewrite that middleware as pure ASGI "
-            "middleware (forward messages it does not know), or exclude this route from it."
+            "http.hijack message never reaches the server. One is between this app and the server "
+            '(FastAPI\'s @app.middleware("http") makes one). Rewrite that middleware as pure ASGI '
+            "middleware (forward messages it does not know), or serve this route outside it; the "
+            "app can still answer this request over HTTP."
         )
     message: dict[str, Any] = {"type": EXTENSION, "status": status, "reason": reason, "headers": list(headers)}
     try:

@@ -24,9 +24,8 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .api import hijack
+from .api import hijack, require_hijacked
 from .connection import HijackedConnection
-from .core import EXTENSION
 
 __all__ = ["HijackResponse", "Hijacked"]
 
@@ -80,5 +79,4 @@ class Hijacked(Response):
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if "connection" not in (scope.get("extensions") or {}).get(EXTENSION, {}):
-            raise RuntimeError("Hijacked() returned by an endpoint that did not hijack: call hijack(request) first")
+        require_hijacked(scope)

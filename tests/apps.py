@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -60,6 +61,22 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await respond(send, 200, b"ok")
     else:
         await respond(send, 404, b"not found")
+
+
+async def pid_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """What ``tests/test_workers.py`` serves from several processes: every request is hijacked with a
+    ``101`` head, and the process writes its pid on a line. ``/until-shutdown`` then writes ``bye``
+    when the server begins a graceful shutdown and closes; any other path is :func:`echo`."""
+    if scope["type"] != "http":
+        return
+    conn = await hijack(scope, receive, send, status=101, headers=UPGRADE_HEADERS)
+    conn.writer.write(b"%d\n" % os.getpid())
+    if scope["path"] != "/until-shutdown":
+        await echo(conn)
+        return
+    async with conn:
+        await conn.shutdown_requested.wait()
+        await conn.send(b"bye")
 
 
 def _head(query: dict[str, str]) -> dict[str, Any]:
