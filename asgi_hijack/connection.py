@@ -334,9 +334,10 @@ class HijackedConnection(ByteStream):
     async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[int, int]:
         """Forward bytes both ways between this connection and ``(reader, writer)`` until both close.
 
-        Transport-level forwarding with back-pressure and half-close (see
-        :mod:`asgi_hijack.relay`), several times faster than a streams loop. Buffered bytes,
-        the pending buffer included, are forwarded first. Returns the bytes forwarded each way.
+        Back-pressure and half-close are kept (see :mod:`asgi_hijack.relay`). Between plain TCP
+        sockets on Linux the kernel moves the bytes (``splice(2)``), otherwise the transports
+        forward them; either is several times faster than a streams loop. Buffered bytes, the
+        pending buffer included, are forwarded first. Returns the bytes forwarded each way.
         """
         from .relay import relay_streams
 

@@ -7,7 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_METRICS = {"upload": ": upload", "download": ": download", "cpu_us": ": server CPU per request (lower is better)"}
+_METRICS = {
+    "upload": ": upload",
+    "download": ": download",
+    "cpu_us": ": server CPU per request (lower is better)",
+    "gib_per_cpu_s": ": GiB relayed per proxy CPU-second",
+}
 
 
 @dataclass(frozen=True)

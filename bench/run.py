@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from asgi_hijack.relay import SPLICE_ENV
 from bench import procs, report
 from bench.procs import CLIENT_CPU, ROOT, Server, free_port, run_client, run_wrk, serve, uvicorn_cmd
 from bench.report import Goal, Row
@@ -126,15 +127,17 @@ class Runner:
         return self.stack.enter_context(serve(name, cmd, port, env=env))
 
     def go(self, *, raw: bool = False, cpu: int = procs.SERVER_CPU) -> Server:
-        """Build (if needed) and start the Go hijack server; ``raw`` serves the stream protocol on bare TCP."""
-        binary = ROOT / "bench/.build/hijack_server"
-        source = ROOT / "bench/go/hijack_server.go"
-        if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
-            binary.parent.mkdir(exist_ok=True)
-            subprocess.run(["go", "build", "-o", str(binary), str(source)], check=True, cwd=source.parent)
+        """Start the Go hijack server; ``raw`` serves the stream protocol on bare TCP."""
         port = free_port()
         flag = "-raw" if raw else "-http"
-        return self.stack.enter_context(serve("go", [str(binary), flag, f"{procs.HOST}:{port}"], port, cpu=cpu))
+        cmd = [go_binary("hijack_server"), flag, f"{procs.HOST}:{port}"]
+        return self.stack.enter_context(serve("go", cmd, port, cpu=cpu))
+
+    def go_proxy(self, target: int) -> Server:
+        """Start the Go CONNECT proxy (``Hijack()`` + ``io.Copy``) that tunnels to ``target`` only."""
+        port = free_port()
+        cmd = [go_binary("connect_proxy"), "-listen", f"{procs.HOST}:{port}", "-allow", f"{procs.HOST}:{target}"]
+        return self.stack.enter_context(serve("go-proxy", cmd, port))
 
     def node(self) -> Server:
         """Start the Node ``server.on('upgrade')`` server."""
@@ -297,31 +300,66 @@ class Runner:
         return measure
 
     def proxy(self, section: str) -> None:
-        """1 transfer each way through a CONNECT tunnel: the proxy app vs pproxy and vs a streams-loop relay."""
+        """1 transfer each way through a CONNECT tunnel: the proxy app (splice and transport paths) vs baselines.
+
+        Besides MiB/s each way, ``gib_per_cpu_s``: GiB relayed per CPU-second of the proxy process
+        (its user + system time from ``/proc``), the inverse of its CPU time per GiB.
+        """
         size = self.s.proxy_bytes
-        app_name = "connect_proxy.py (conn.relay)" if self.proxy_app == EXAMPLE_PROXY else self.proxy_app
-        streams_name = "streams-loop proxy"
+        app_name = "connect_proxy.py" if self.proxy_app == EXAMPLE_PROXY else self.proxy_app
+        splice, transport = f"{app_name} (conn.relay, splice)", f"{app_name} (conn.relay, transport)"
+        streams_name, go_name = "streams-loop proxy", "Go net/http Hijack + io.Copy"
         with self.servers():
             target = self.go(raw=True, cpu=CLIENT_CPU)
             http = hijack_http("httptools")
             allow = {"CONNECT_PROXY_ALLOW": f"{procs.HOST}:{target.port}"}  # the example is closed by default
             servers = {
-                app_name: self.uvicorn("proxy", self.proxy_app, http, env=allow),
+                splice: self.uvicorn("proxy", self.proxy_app, http, env=allow),
+                transport: self.uvicorn("proxy", self.proxy_app, http, env={**allow, SPLICE_ENV: "0"}),
                 streams_name: self.uvicorn("streams", STREAMS_PROXY, http),
             }
             if have("pproxy"):
                 port = free_port()
                 cmd = [sys.executable, "-m", "bench.pproxy_uvloop", "-l", f"http://{procs.HOST}:{port}"]
                 servers["pproxy"] = self.stack.enter_context(serve("pproxy", cmd, port))
-            variants = {n: on_server(srv, bulk(srv.port, "connect", size, target.port)) for n, srv in servers.items()}
+            if have("go"):
+                servers[go_name] = self.go_proxy(target.port)
+            variants = {n: relayed(on_server(srv, bulk(srv.port, "connect", size, target.port)), size)
+                        for n, srv in servers.items()}  # fmt: skip
             self.warm({n: bulk(srv.port, "connect", 32 << 20, target.port) for n, srv in servers.items()})
             results = alternate(section, variants, self.s.rounds)
         pairs: list[Pair] = []
+        if go_name in results:
+            pairs.append((splice, go_name, "gib_per_cpu_s", "GiB/CPU-s", Goal(1.0)))
+        pairs.append((splice, transport, "gib_per_cpu_s", "GiB/CPU-s", None))
         for key in ("upload", "download"):
+            pairs.append((splice, transport, key, "MiB/s", Goal(1.0)))
+            if go_name in results:
+                pairs.append((splice, go_name, key, "MiB/s", None))
             if "pproxy" in results:
-                pairs.append((app_name, "pproxy", key, "MiB/s", Goal(1.0, strict=True)))
-            pairs.append((app_name, streams_name, key, "MiB/s", None))
+                pairs.append((splice, "pproxy", key, "MiB/s", Goal(1.0, strict=True)))
+            pairs.append((splice, streams_name, key, "MiB/s", None))
         self.rows_for(section, results, pairs)
+
+
+def relayed(measure: Measure, size: int) -> Measure:
+    """Add ``gib_per_cpu_s`` to an ``on_server`` bulk measure that moved ``size`` bytes each way."""
+
+    def measured() -> Result:
+        result = measure()
+        result["gib_per_cpu_s"] = 2 * size / (1 << 30) / result["server_cpu_s"]
+        return result
+
+    return measured
+
+
+def go_binary(name: str) -> str:
+    """Build ``bench/go/NAME.go`` into ``bench/.build/NAME`` when it is missing or older; return its path."""
+    binary, source = ROOT / "bench/.build" / name, ROOT / f"bench/go/{name}.go"
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        binary.parent.mkdir(exist_ok=True)
+        subprocess.run(["go", "build", "-o", str(binary), str(source)], check=True, cwd=source.parent)
+    return str(binary)
 
 
 def hijack_http(parser: str) -> str:
@@ -430,9 +468,13 @@ be faster than shown.
    same coroutine (what the streams and the app task cost by themselves).
 5. **CONNECT proxy**: {s.proxy_bytes >> 20} MiB each way through a CONNECT tunnel to a Go upstream (on the client
    core), with the proxy app `{runner.proxy_app}` (`examples/connect_proxy.py` joins the tunnel with
-   `conn.relay()`, the transport-level relay of `asgi_hijack.relay`) and with `pproxy` (on uvloop). To show
-   what the relay buys, the same tunnel is also relayed by an asyncio streams loop
-   (`read`/`write`/`drain`, 64 KiB chunks: `bench/apps.py:connect_proxy_streams`).
+   `conn.relay()`, `asgi_hijack.relay`), once on the splice path (`splice(2)` through a pipe, the default between
+   plain TCP sockets on Linux) and once on the transport path (`ASGI_HIJACK_SPLICE=0`, forwarding in
+   `data_received`); with a Go `net/http` proxy doing `Hijack()` plus `io.Copy` both ways, which splices too
+   (`bench/go/connect_proxy.go`); with `pproxy` (on uvloop); and with an asyncio streams loop
+   (`read`/`write`/`drain`, 64 KiB chunks: `bench/apps.py:connect_proxy_streams`). GiB/CPU-s is the GiB relayed
+   (both ways) per CPU-second of the proxy process (user + system, from `/proc`): the inverse of its CPU time
+   per GiB.
 
 ## Profiling
 
