@@ -32,13 +32,18 @@ uv:
 venv: uv
 	@$(UV) sync --quiet --locked --all-extras --python "$(INTERPRETER)"
 
-# The system tools the tests drive: Go (net/rpc client), curl and openssl (proxy, TLS), Node's `ws` client (npm).
+# The system tools the tests drive: Go (net/rpc client), curl and openssl (proxy, TLS), Node's `ws` client (npm),
+# nginx and HAProxy (examples/deploy/; the tests run them in the foreground, so the services their packages
+# start are stopped and disabled: installing them opens no port).
 system-deps:
 	@command -v go >/dev/null && command -v curl >/dev/null && command -v openssl >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq golang-go curl openssl >/dev/null)
 	@command -v node >/dev/null && command -v npm >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null)
 	@if [ ! -d tests/node/node_modules/ws ]; then npm ci --silent --prefix tests/node; fi
+	@[ -x /usr/sbin/nginx ] && [ -x /usr/sbin/haproxy ] && [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] \
+		|| (apt-get update -qq && apt-get install -y -qq nginx libnginx-mod-stream haproxy >/dev/null \
+			&& (systemctl disable --now nginx haproxy >/dev/null 2>&1 || true))
 
 setup: venv system-deps
 
@@ -113,3 +118,16 @@ soak: setup
 
 middleware-table: venv
 	$(PYTHON) -m tests.test_middleware_compat --write
+
+# WebSocket conformance (tools/conformance.py): the Autobahn test suite's fuzzing client against
+# examples/websocket_by_hand.py on each protocol class, and against stock uvicorn's own WebSockets. The suite is
+# installed on first use under ~/.cache/asgi-hijack/autobahn (AUTOBAHN_HOME): pinned packages from PyPI, for a
+# Python 2.7 (AUTOBAHN_PYTHON, python2.7 on PATH, or pyenv's). Rewrites docs/conformance.md; exits non-zero when
+# one of ours fails a case. About 40 minutes on 2 cores, most of it sections 12 and 13 (permessage-deflate);
+# `.venv/bin/python -m tools.conformance --cases 1,5,6,7` is the short run of tests/test_conformance.py (no file).
+CONFORMANCE_ARGS ?=
+
+.PHONY: conformance
+
+conformance: venv
+	$(PYTHON) -m tools.conformance --write docs/conformance.md $(CONFORMANCE_ARGS)

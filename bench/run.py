@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from asgi_hijack.relay import SPLICE_ENV
-from bench import procs, report
+from bench import procs, proxies, report
 from bench.procs import CLIENT_CPU, ROOT, Server, free_port, run_client, run_wrk, serve, uvicorn_cmd
 from bench.report import Goal, Row
 
@@ -535,7 +535,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nFAILED {error}")
     if docs is not None:
         docs.mkdir(parents=True, exist_ok=True)
-        (docs / "benchmarks.md").write_text(markdown(runner, rows, machine(), errors, elapsed))
+        page = docs / "benchmarks.md"
+        kept = page.read_text() if page.exists() else ""
+        page.write_text(markdown(runner, rows, machine(), errors, elapsed))
+        if proxies.START in kept:  # the reverse-proxy section is measured by bench.proxies: keep it
+            proxies.write(
+                proxies.START + kept.partition(proxies.START)[2].partition(proxies.END)[0] + proxies.END, page
+            )
         if rows:
             report.chart(rows, docs / "benchmarks.png", f"asgi-hijack benchmarks ({settings.mode} mode)")
         log(f"wrote {docs / 'benchmarks.md'} and {docs / 'benchmarks.png'}")

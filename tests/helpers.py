@@ -8,6 +8,8 @@
 * Observation: :func:`server_errors`, :func:`open_fds`, :func:`wait_until`, and :func:`record`
   for figures the soak report shows.
 * Load: :func:`echo_load`, many hijacked connections with every byte checked.
+* Reverse proxies: :class:`ReverseProxy`, the real nginx or HAProxy with the configurations of
+  ``examples/deploy/`` (``tests/test_deploy_proxies.py``, ``python -m bench.proxies``).
 
 ASGI apps live in :mod:`tests.apps`; ``conftest.py`` holds fixtures only.
 """
@@ -23,7 +25,9 @@ import ipaddress
 import json
 import logging
 import os
+import pwd
 import random
+import re
 import resource
 import select
 import shutil
@@ -36,11 +40,11 @@ import tempfile
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 import pytest
 import uvicorn
@@ -746,3 +750,120 @@ def uvicorn_command(app: str, http: str, *options: str) -> list[str]:
         "sys.argv[0] = 'uvicorn'; m.main()"
     )
     return [sys.executable, "-c", code, app, "--http", http, *options]
+
+
+# -- reverse proxies: examples/deploy/ --------------------------------------------------------------
+
+DEPLOY = ROOT / "examples" / "deploy"
+DEPLOY_UPSTREAM, DEPLOY_HTTP, DEPLOY_TCP = 8000, 8080, 8081
+"""The ports of the shipped configurations: uvicorn, the proxy's HTTP frontend, its TCP relay."""
+_PROXY_PROBLEMS = re.compile(r"\[(emerg|alert|crit|ALERT|WARNING)\]")
+
+
+def proxy_binary(name: str) -> str | None:
+    """Where the ``nginx`` or ``haproxy`` binary is (Debian puts them in /usr/sbin), or ``None``."""
+    return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+
+
+def deploy_config(name: str, ports: Mapping[int, int], edit: tuple[str, str] | None = None) -> str:
+    """The shipped ``examples/deploy/NAME`` with each ``127.0.0.1:PORT`` moved to ``ports[PORT]``, and
+    ``edit = (old, new)`` applied."""
+    text = (DEPLOY / name).read_text()
+    for shipped, port in ports.items():
+        assert f"127.0.0.1:{shipped}" in text, f"{name} no longer listens on or proxies to 127.0.0.1:{shipped}"
+        text = text.replace(f"127.0.0.1:{shipped}", f"127.0.0.1:{port}")
+    if edit is not None:
+        assert edit[0] in text, f"{name} has no {edit[0]!r} to change"
+        text = text.replace(edit[0], edit[1])
+    return text
+
+
+class ReverseProxy:
+    """``with ReverseProxy("nginx", upstream_port) as proxy:`` runs the real nginx or HAProxy.
+
+    The configurations of ``examples/deploy/`` (nginx.conf and nginx-stream.conf, or haproxy.cfg),
+    their ports moved to ephemeral ones, go under a minimal main configuration in a temporary
+    directory, with the pid, log and temporary files. The proxy is a foreground process, as
+    ``nobody`` when we are root. ``proxy.ports["http"]`` is its HTTP frontend, ``proxy.ports["tcp"]``
+    its TCP relay. ``edit = (old, new)`` changes the HTTP configuration. On exit the proxy is
+    stopped, and its log must show no error or warning of its own.
+    """
+
+    def __init__(self, kind: str, upstream: int, edit: tuple[str, str] | None = None) -> None:
+        binary = proxy_binary(kind)
+        if binary is None:
+            raise FileNotFoundError(f"no {kind} binary: `make system-deps` installs Debian's nginx and haproxy")
+        self.kind, self.binary, self.upstream, self.edit = kind, binary, upstream, edit
+        self.ports = {"http": free_port(), "tcp": free_port()}
+        self.folder = Path(tempfile.mkdtemp(prefix=f"asgi-hijack-{kind}-"))
+        self.log = self.folder / "error.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _command(self) -> list[str]:
+        folder, upstream, http, tcp = self.folder, self.upstream, self.ports["http"], self.ports["tcp"]
+        if self.kind == "haproxy":
+            config = deploy_config(
+                "haproxy.cfg", {DEPLOY_UPSTREAM: upstream, DEPLOY_HTTP: http, DEPLOY_TCP: tcp}, self.edit
+            )
+            (folder / "haproxy.cfg").write_text("global\n    maxconn 1024\n\n" + config)
+            return [self.binary, "-db", "-f", str(folder / "haproxy.cfg")]
+        built = subprocess.run([self.binary, "-V"], capture_output=True, text=True, check=True).stderr
+        modules = re.search(r"--modules-path=(\S+)", built)
+        assert modules, built
+        (folder / "site.conf").write_text(
+            deploy_config("nginx.conf", {DEPLOY_UPSTREAM: upstream, DEPLOY_HTTP: http}, self.edit)
+        )
+        (folder / "stream.conf").write_text(
+            deploy_config("nginx-stream.conf", {DEPLOY_UPSTREAM: upstream, DEPLOY_TCP: tcp})
+        )
+        temp = "".join(
+            f"    {kind}_temp_path {folder}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        (folder / "nginx.conf").write_text(
+            f"load_module {modules[1]}/ngx_stream_module.so;\n"
+            f"worker_processes 1;\npid {folder}/nginx.pid;\nerror_log {self.log} notice;\n"
+            "events { worker_connections 1024; }\n"
+            f"http {{\n    access_log off;\n{temp}    include {folder}/site.conf;\n}}\n"
+            f"include {folder}/stream.conf;\n"
+        )
+        return [
+            self.binary,
+            "-p",
+            str(folder),
+            "-c",
+            str(folder / "nginx.conf"),
+            "-e",
+            str(self.log),
+            "-g",
+            "daemon off;",
+        ]
+
+    def __enter__(self) -> ReverseProxy:
+        command = self._command()
+        self.log.touch()
+        account: dict[str, Any] = {}
+        if os.geteuid() == 0:  # never run the proxy as root: as nobody, owning its folder
+            nobody = pwd.getpwnam("nobody")
+            for path in [self.folder, *self.folder.iterdir()]:
+                os.chown(path, nobody.pw_uid, nobody.pw_gid)
+            account = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=log, cwd=self.folder, **account)
+        try:
+            for port in self.ports.values():
+                connect_retry(("127.0.0.1", port)).close()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        log = self.log.read_text(errors="replace")
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if exc_type is None:
+            assert not _PROXY_PROBLEMS.search(log), f"{self.kind} logged a problem:\n{log}"
