@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 import uvicorn
 
+from .errors import AlreadyHijackedError
+
 __all__ = [
     "SUPPORTED_MAX",
     "SUPPORTED_MIN",
@@ -224,6 +226,10 @@ class _HijackedLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """The logger of a hijacked cycle: a peer that went away is one INFO line, not a traceback."""
 
     def error(self, msg: object, *args: object, exc_info: Any = None, **kwargs: Any) -> None:
+        if isinstance(exc_info, AlreadyHijackedError) and exc_info.__context__ is not None:
+            # Error middleware tried to answer the app's real error over HTTP after the hijack:
+            # report the real error, not the refused answer.
+            exc_info = exc_info.__context__
         exc = exc_info if isinstance(exc_info, BaseException) else None
         seen: set[int] = set()
         while exc is not None and id(exc) not in seen:

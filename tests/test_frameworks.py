@@ -355,3 +355,24 @@ def settle(server: RunningServer, log: ServerLog) -> None:
     checked = threading.Event()
     server.loop.call_soon_threadsafe(checked.set)
     assert checked.wait(5)
+
+
+async def failing(conn: HijackedConnection) -> None:
+    await conn.reader.readexactly(1)
+    raise ValueError("the handler's own bug")
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_an_app_error_after_the_hijack_is_logged_as_itself(hijack_server: Any, parser: str) -> None:
+    """Starlette's error middleware then tries to send a 500 and gets AlreadyHijackedError: the log
+    names the handler's error, and the connection is closed."""
+    app = Starlette(routes=[Route("/fail", lambda request: HijackResponse(failing, status=101, headers=UPGRADE))])
+    server = hijack_server(app, parser, log_level="info", access_log=False)
+    with server_log(logging.NOTSET, ["uvicorn.error"]) as log:
+        with connect(server) as sock:
+            sock.sendall(b"GET /fail HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert recv_until(sock, b"\r\n\r\n") == UPGRADED
+            sock.sendall(b"!")
+            assert recv_all(sock) == b""
+        settle(server, log)
+    assert [(r.message.strip(), r.exc_type) for r in log.records] == [("Exception in ASGI application", ValueError)]
