@@ -24,6 +24,11 @@ Try it::
 
 When the client half-closes, the process's stdin is closed and its remaining output is
 still sent; the connection closes when the process has exited and its output is sent.
+When the server shuts down (SIGTERM, Ctrl-C), each attached process is stopped as
+``docker stop`` does: SIGTERM to its process group, SIGKILL after :data:`STOP_TIMEOUT`
+seconds. What it prints until it exits is still sent, then the connection closes. The
+``service`` container shows it: it echoes lines, and says ``stopped`` on stderr when
+it gets SIGTERM.
 
 A client may read the ``101`` head in a buffer of its own: the Docker SDK does, and
 loses any bytes that arrived together with the head. The server flushes the head
@@ -35,6 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import struct
 import sys
 
@@ -51,9 +58,12 @@ CONTAINERS: dict[str, list[str]] = {
     "cat": ["cat"],  # echoes stdin
     "wc": ["wc", "-c"],  # prints the byte count once stdin is closed
     "shout": ["sh", "-c", "tr a-z A-Z; echo 'stdin closed' >&2"],  # stdout and stderr
+    "service": ["sh", "-c", "trap 'echo stopped >&2; exit' TERM; while read -r line; do echo \"$line\"; done"],
 }
 STDOUT, STDERR = 1, 2
 RAW_STREAM = b"application/vnd.docker.raw-stream"
+STOP_TIMEOUT = 5.0
+"""Seconds a process has to exit after SIGTERM when the server shuts down (``docker stop -t``)."""
 
 
 def flag(request: Request, name: str) -> bool:
@@ -77,6 +87,19 @@ async def copy_out(output: asyncio.StreamReader, stream: int, conn: HijackedConn
             await conn.writer.drain()
 
 
+def signal_process(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    """Signal the process and its children (its process group), unless it has exited."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+
+
+def stop(process: asyncio.subprocess.Process) -> None:
+    """Stop the process as ``docker stop`` does: SIGTERM now, SIGKILL after STOP_TIMEOUT."""
+    signal_process(process, signal.SIGTERM)
+    asyncio.get_running_loop().call_later(STOP_TIMEOUT, signal_process, process, signal.SIGKILL)
+
+
 async def attach(request: Request) -> Response:
     command = CONTAINERS.get(request.path_params["id"])
     if command is None:
@@ -84,10 +107,12 @@ async def attach(request: Request) -> Response:
     stdin, stdout, stderr = flag(request, "stdin"), flag(request, "stdout"), flag(request, "stderr")
 
     async def stream(conn: HijackedConnection) -> None:
+        pipe = asyncio.subprocess.PIPE  # in a process group of its own, which stop() signals
         process = await asyncio.create_subprocess_exec(
-            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            *command, stdin=pipe, stdout=pipe, stderr=pipe, start_new_session=True
         )
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+        conn.on_shutdown(lambda: stop(process))
         feeder = asyncio.create_task(copy_in(conn, process.stdin)) if stdin else None
         if not stdin:
             process.stdin.close()  # like `docker run` without -i: stdin is empty
@@ -101,7 +126,7 @@ async def attach(request: Request) -> Response:
             if feeder is not None:
                 feeder.cancel()
             if process.returncode is None:
-                process.kill()
+                signal_process(process, signal.SIGKILL)
                 await process.wait()
 
     if request.headers.get("upgrade", "").lower() == "tcp":

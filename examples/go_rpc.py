@@ -13,7 +13,10 @@ Run, then call it from Go (``examples/go/rpc_client.go``, standard library only)
     uvicorn examples.go_rpc:app --http asgi_hijack:HijackProtocol
     cd examples/go && go run . -addr 127.0.0.1:8000
 
-Any other method on ``/_goRPC_`` is answered ``405``, as Go's server does.
+Any other method on ``/_goRPC_`` is answered ``405``, as Go's server does. When the
+server shuts down (SIGTERM, Ctrl-C), each connection answers the calls it has read, then
+closes: the client gets the reply to its call in flight, then EOF
+(``rpc.ErrShutdown`` for later calls).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -78,24 +82,31 @@ def call(request: Any) -> dict[str, Any]:
 
 
 async def serve_jsonrpc(conn: HijackedConnection) -> None:
-    """Read concatenated JSON requests, write one JSON answer line per request."""
+    """Read concatenated JSON requests, write one JSON answer line per request.
+
+    On the server's shutdown notice it stops reading: every request already read has
+    been answered (a call runs without waiting), and the answers are sent before the
+    connection closes.
+    """
     decoder, text = json.JSONDecoder(), codecs.getincrementaldecoder("utf-8")()
     buffer = ""
-    while chunk := await conn.reader.read(65536):
-        try:
-            buffer += text.decode(chunk)
-        except UnicodeDecodeError:
-            return  # not JSON-RPC: drop the connection
-        while buffer := buffer.lstrip():
+    with anyio.CancelScope() as reading:
+        conn.on_shutdown(reading.cancel)
+        while chunk := await conn.reader.read(65536):
             try:
-                request, end = decoder.raw_decode(buffer)
-            except json.JSONDecodeError:
-                if len(buffer) > MAX_REQUEST:
-                    return  # not JSON-RPC: drop the connection
-                break  # incomplete: read more
-            buffer = buffer[end:]
-            conn.writer.write(json.dumps(call(request)).encode() + b"\n")
-        await conn.writer.drain()
+                buffer += text.decode(chunk)
+            except UnicodeDecodeError:
+                return  # not JSON-RPC: drop the connection
+            while buffer := buffer.lstrip():
+                try:
+                    request, end = decoder.raw_decode(buffer)
+                except json.JSONDecodeError:
+                    if len(buffer) > MAX_REQUEST:
+                        return  # not JSON-RPC: drop the connection
+                    break  # incomplete: read more
+                buffer = buffer[end:]
+                conn.writer.write(json.dumps(call(request)).encode() + b"\n")
+            await conn.writer.drain()
 
 
 async def rpc_endpoint(request: Request) -> Response:

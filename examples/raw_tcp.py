@@ -18,8 +18,10 @@ request line, a Host line, an empty line, then a line for the app::
 
 ``/`` and ``/hijack`` are Go's example: after the request, the connection speaks a line protocol,
 with no HTTP status line or headers. ``/echo`` shows :class:`~asgi_hijack.starlette.HijackResponse`:
-a ``101`` head, then each line echoed back until ``quit``. Bytes a client sends right
-after the request head (even in the same packet) reach the app as the first line.
+a ``101`` head, then each line echoed back until ``quit``; when the server shuts down
+(SIGTERM, Ctrl-C), the echo says ``The server is shutting down. Bye.`` and closes. Bytes a
+client sends right after the request head (even in the same packet) reach the app as the
+first line.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import sys
 
+import anyio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -38,6 +41,7 @@ from asgi_hijack.starlette import Hijacked, HijackResponse
 
 GREETING = b"Now we're speaking raw TCP. Say hi: "
 ECHO_HEAD = [(b"Upgrade", b"line-echo"), (b"Connection", b"Upgrade")]
+SHUTDOWN_GOODBYE = b"The server is shutting down. Bye.\n"
 
 
 async def say_hi(request: Request) -> Response:
@@ -51,13 +55,17 @@ async def say_hi(request: Request) -> Response:
 
 
 async def echo_lines(conn: HijackedConnection) -> None:
-    """Echo each line back until ``quit`` or the end of input."""
-    while line := await conn.reader.readline():
-        if line.strip() == b"quit":
-            conn.writer.write(b"bye\n")
-            break
-        conn.writer.write(line)
-        await conn.writer.drain()
+    """Echo each line back until ``quit``, the end of input, or the server's shutdown notice."""
+    with anyio.CancelScope() as reading:
+        conn.on_shutdown(reading.cancel)  # stop waiting for the next line when the server shuts down
+        while line := await conn.reader.readline():
+            if line.strip() == b"quit":
+                conn.writer.write(b"bye\n")
+                break
+            conn.writer.write(line)
+            await conn.writer.drain()
+    if reading.cancelled_caught:
+        conn.writer.write(SHUTDOWN_GOODBYE)
 
 
 async def echo(request: Request) -> Response:

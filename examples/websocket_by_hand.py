@@ -88,6 +88,7 @@ async def serve_websocket(ws: WSConnection, conn: HijackedConnection) -> None:
         with anyio.CancelScope() as scope, contextlib.suppress(ConnectionError):
 
             def shutting_down() -> None:
+                """The server is stopping: close with 1012 and give the client CLOSE_TIMEOUT to answer."""
                 if ws.state is ConnectionState.OPEN:
                     conn.writer.write(ws.send(SHUTDOWN))
                 scope.deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT
@@ -110,7 +111,7 @@ async def websocket_endpoint(request: Request) -> Response:
     except RemoteProtocolError as exc:  # not a valid WebSocket handshake: a plain HTTP answer
         headers = {"Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
         return PlainTextResponse(f"You need a WebSocket client to connect here: {exc}.\n", 426, headers)
-    list(ws.events())  # the handshake request, checked
+    list(ws.events())  # the handshake request, which wsproto found valid
     accept = ws.send(AcceptConnection(extensions=[PerMessageDeflate()]))
     conn = await hijack(request)
     conn.writer.write(accept)

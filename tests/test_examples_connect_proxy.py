@@ -6,6 +6,7 @@ raw TCP servers for half-close and back-pressure.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -23,7 +24,8 @@ from starlette.routing import Route
 from asgi_hijack.testing import RunningServer
 from examples.connect_proxy import ConnectProxyMiddleware
 from examples.connect_proxy import app as example_app
-from tests.helpers import PARSERS, connect, curl, make_certificate, recv_all, recv_until
+from tests.helpers import PARSERS, connect, curl, make_certificate, recv_all, recv_to_close, recv_until
+from tests.test_examples_raw_tcp import ExampleProcess, uvicorn_example
 
 TIMEOUT = 10.0
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
@@ -215,3 +217,24 @@ def test_back_pressure_both_ways(hijack_server: Any, tcp_server: Any) -> None:
         assert done.wait(TIMEOUT)
         assert upload["received"] == sent  # nothing lost or duplicated on the way
         assert upload["pushed"] < LIMIT, "the proxy read everything without waiting for the client to read"
+
+
+def test_sigterm_closes_the_tunnel_at_both_ends(tcp_server: Any) -> None:
+    upstream_closed = threading.Event()
+
+    def echo(sock: socket.socket) -> None:
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                sock.sendall(chunk)
+        upstream_closed.set()
+
+    target = f"127.0.0.1:{tcp_server(echo).port}"
+    command = uvicorn_example("examples.connect_proxy:app")
+    with ExampleProcess(command, env={"CONNECT_PROXY_ALLOW": target}) as server, connect(server.address) as sock:
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: x\r\n\r\nping".encode())
+        assert recv_until(sock, b"ping") == ESTABLISHED + b"ping"
+        server.sigterm()  # the relay is cancelled: both connections are closed
+        closing = recv_to_close(sock, TIMEOUT)
+        assert (closing.how, closing.data) in {("eof", b""), ("reset", b"")}
+        assert upstream_closed.wait(TIMEOUT)
+        server.assert_exits()

@@ -20,6 +20,7 @@ from docker.utils.socket import consume_socket_output, demux_adaptor, frames_ite
 
 from asgi_hijack.testing import RunningServer
 from examples.docker_attach import app
+from tests.test_examples_raw_tcp import ExampleProcess, uvicorn_example
 
 TIMEOUT = 10.0
 ALL = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
@@ -61,6 +62,14 @@ def api(request: pytest.FixtureRequest, hijack_server: Any, tmp_path: Path) -> I
     client.close()
 
 
+def close_attach(sock: Any) -> None:
+    """Close what ``attach_socket`` returned: its HTTP response first (on Python 3.13 a response
+    collected after its socket closed raises from ``__del__``), then the socket."""
+    raw = sock._sock  # closing the response closes this SocketIO, not the socket under it
+    sock._response.close()
+    raw.close()
+
+
 def attach(api: docker.APIClient, container: str, **params: int) -> Any:
     sock = api.attach_socket(container, params={**ALL, **params})
     assert sock._response.status_code == 101
@@ -85,7 +94,7 @@ def test_stdin_and_stdout_stream_both_ways_then_half_close(api: docker.APIClient
             sock._sock.shutdown(socket.SHUT_WR)  # cat sees the end of stdin and exits
             return [first, second, *frames_iter(sock, False)]
         finally:
-            sock._sock.close()
+            close_attach(sock)
 
     assert bounded(exchange) == [(1, b"hello\n"), (1, b"again\n")]
 
@@ -98,7 +107,7 @@ def test_half_close_reaches_the_process_and_its_output_still_comes_back(api: doc
             sock._sock.shutdown(socket.SHUT_WR)  # wc -c prints only at the end of its stdin
             return list(frames_iter(sock, False))
         finally:
-            sock._sock.close()
+            close_attach(sock)
 
     assert bounded(exchange) == [(1, b"100000\n")]
 
@@ -114,7 +123,7 @@ def test_stdout_and_stderr_are_multiplexed(api: docker.APIClient) -> None:
             )
             return output
         finally:
-            sock._sock.close()
+            close_attach(sock)
 
     assert bounded(exchange) == (b"HELLO\n", b"stdin closed\n")
     assert bounded(lambda: exchange(stderr=0)) == (b"HELLO\n", None)
@@ -123,3 +132,25 @@ def test_stdout_and_stderr_are_multiplexed(api: docker.APIClient) -> None:
 def test_unknown_container_is_a_docker_not_found(api: docker.APIClient) -> None:
     with pytest.raises(docker.errors.NotFound, match="No such container: nope"):
         bounded(lambda: api.attach_socket("nope", params=ALL))
+
+
+def test_sigterm_stops_the_process_and_sends_its_last_output() -> None:
+    with ExampleProcess(uvicorn_example("examples.docker_attach:app")) as server:
+        host, port = server.address
+        api = docker.APIClient(base_url=f"tcp://{host}:{port}", version="1.41", timeout=TIMEOUT)
+
+        def exchange() -> list[tuple[int, bytes]]:
+            sock = attach(api, "service")
+            try:
+                sock._sock.sendall(b"hello\n")
+                first = read_frame(sock)
+                server.sigterm()  # the process gets SIGTERM, says "stopped" on stderr and exits
+                return [first, *frames_iter(sock, False)]
+            finally:
+                close_attach(sock)
+
+        try:
+            assert bounded(exchange) == [(1, b"hello\n"), (2, b"stopped\n")]
+        finally:
+            api.close()
+        server.assert_exits()

@@ -19,6 +19,7 @@ import pytest
 
 from examples.go_rpc import app
 from tests.helpers import PARSERS, connect, recv_all, recv_until
+from tests.test_examples_raw_tcp import ExampleProcess, uvicorn_example
 
 GO_CLIENT_DIR = Path(__file__).resolve().parents[1] / "examples" / "go"
 CONNECT = b"CONNECT /_goRPC_ HTTP/1.0\n\n"  # byte for byte what rpc.DialHTTP sends
@@ -71,3 +72,13 @@ def test_other_methods_are_refused(hijack_server: Any) -> None:
     server = hijack_server(app)
     response = httpx.get(f"http://127.0.0.1:{server.port}/_goRPC_", timeout=5)
     assert response.status_code == 405 and response.headers["allow"] == "CONNECT"
+
+
+def test_sigterm_answers_the_call_in_flight_then_closes() -> None:
+    with ExampleProcess(uvicorn_example("examples.go_rpc:app")) as server, connect(server.address) as sock:
+        sock.sendall(CONNECT + b'{"method": "Arith.Multiply", "params": [{"A": 6, "B": 7}], "id": 1}')
+        assert recv_until(sock, b"}\n") == CONNECTED + b'{"id": 1, "result": 42, "error": null}\n'
+        sock.sendall(b'{"method": "Arith.Divide", "params": [{"A": 7, "B": 2}], "id": 2}')
+        server.sigterm()  # with the call in flight: it is answered, then the connection closes
+        assert recv_all(sock) == b'{"id": 2, "result": {"Quo": 3, "Rem": 1}, "error": null}\n'
+        server.assert_exits()

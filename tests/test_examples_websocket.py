@@ -1,7 +1,8 @@
 """examples/websocket_by_hand.py: RFC 6455 over a hijacked connection, against real clients.
 
 The ``websockets`` asyncio client and Node's ``ws`` client each check text, binary,
-fragmented messages, pings both ways, permessage-deflate and a clean close.
+fragmented messages, pings both ways, permessage-deflate and a clean close. On SIGTERM
+the server closes with 1012, as uvicorn's own WebSockets do.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from websockets.exceptions import ConnectionClosedError
 from asgi_hijack.testing import RunningServer
 from examples.websocket_by_hand import app
 from tests.helpers import PARSERS
+from tests.test_examples_raw_tcp import ExampleProcess, uvicorn_example
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 TIMEOUT = 10.0
@@ -108,3 +110,21 @@ def test_without_ws_none_the_client_is_told_how_to_run_it(hijack_server: Any) ->
     server = hijack_server(app)  # uvicorn's own WebSocket support takes the upgrade
     closed = asyncio.run(asyncio.wait_for(session(ws_url(server)), TIMEOUT))
     assert closed.rcvd is not None and closed.rcvd.code == 1011 and "--ws none" in closed.rcvd.reason
+
+
+def test_sigterm_closes_with_1012_like_uvicorn() -> None:
+    async def session(server: ExampleProcess) -> ConnectionClosedError:
+        host, port = server.address
+        async with connect(f"ws://{host}:{port}/ws") as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+            server.sigterm()
+            with pytest.raises(ConnectionClosedError) as closed:
+                await ws.recv()
+        return closed.value
+
+    with ExampleProcess(uvicorn_example("examples.websocket_by_hand:app", "--ws", "none")) as server:
+        closed = asyncio.run(asyncio.wait_for(session(server), TIMEOUT))
+        server.assert_exits()
+    assert closed.rcvd is not None and (closed.rcvd.code, closed.rcvd.reason) == (1012, "server shutting down")
+    assert closed.rcvd_then_sent  # the client answered the close: a clean closing handshake
