@@ -123,7 +123,7 @@ middleware-table: venv
 # examples/websocket_by_hand.py on each protocol class, and against stock uvicorn's own WebSockets. The suite is
 # installed on first use under ~/.cache/asgi-hijack/autobahn (AUTOBAHN_HOME): pinned packages from PyPI, for a
 # Python 2.7 (AUTOBAHN_PYTHON, python2.7 on PATH, or pyenv's). Rewrites docs/conformance.md; exits non-zero when
-# one of ours fails a case. About 40 minutes on 2 cores, most of it sections 12 and 13 (permessage-deflate);
+# one of ours fails a case. About 100 minutes on a busy 2-core machine, most of it sections 12 and 13;
 # `.venv/bin/python -m tools.conformance --cases 1,5,6,7` is the short run of tests/test_conformance.py (no file).
 CONFORMANCE_ARGS ?=
 

@@ -203,7 +203,7 @@ Results = dict[str, dict[str, dict[str, Any]]]
 OUTCOMES = ("OK", "non-strict", "failed", "wrong close")
 
 
-def run(names: Sequence[str], cases: Sequence[str], *, jobs: int = 2, timeout: float = 3600.0) -> Results:
+def run(names: Sequence[str], cases: Sequence[str], *, jobs: int = 2, timeout: float = 10800.0) -> Results:
     """Run the fuzzing client on ``cases`` (sections) against each target, ``jobs`` targets at a time."""
     wstest = install_suite()
     with tempfile.TemporaryDirectory(prefix="autobahn-") as folder, ThreadPoolExecutor(jobs) as pool:
