@@ -94,15 +94,47 @@ class _Deadline:
 
 
 _NO_DEADLINE = _Deadline()  # shared until a deadline is set
+_READ_EXPIRED = "read deadline exceeded; move it with set_read_deadline() to continue"
 
 
 class _Reader(asyncio.StreamReader):
-    """StreamReader with a read deadline."""
+    """StreamReader with a read deadline, which also cuts a read already waiting when it is moved."""
 
     deadline = _NO_DEADLINE
+    _expiry: asyncio.TimerHandle | None = None  # while a read waits under a deadline
+
+    def move_deadline(self, at: float | None) -> None:
+        if self.deadline is _NO_DEADLINE:
+            self.deadline = _Deadline()
+        self.deadline.at = at
+        if self._waiter is not None:  # type: ignore[attr-defined]  # a read is waiting: re-arm its expiry
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self.deadline.at is not None:
+            self._expiry = asyncio.get_running_loop().call_at(self.deadline.at, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        waiter: asyncio.Future[None] | None = self._waiter  # type: ignore[attr-defined]
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError(_READ_EXPIRED))
 
     async def _wait_for_data(self, func_name: str) -> None:
-        await self.deadline.wait("read", super()._wait_for_data(func_name))  # type: ignore[misc]
+        self.deadline.check("read")
+        if self.deadline.at is None:
+            await super()._wait_for_data(func_name)  # type: ignore[misc]
+            return
+        self._arm()
+        try:
+            await super()._wait_for_data(func_name)  # type: ignore[misc]
+        finally:
+            if self._expiry is not None:
+                self._expiry.cancel()
+                self._expiry = None
 
     async def read(self, n: int = -1) -> bytes:
         self.deadline.check("read")
@@ -209,7 +241,8 @@ class HijackedConnection(ByteStream):
         The deadline can be moved at any time, also while a read waits; a read after it
         fails at once until it is moved.
         """
-        self._own_deadline(self.reader).at = deadline
+        reader: _Reader = self.reader  # type: ignore[assignment]
+        reader.move_deadline(deadline)
 
     def set_write_deadline(self, deadline: float | None) -> None:
         """Writes after ``deadline``, and ``drain()`` waiting past it (a peer not reading), raise TimeoutError."""

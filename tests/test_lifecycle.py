@@ -181,6 +181,21 @@ async def deadline_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             conn.set_read_deadline(loop.time() + 5)  # moved: reads work again
             await conn.send(b"moved")
             DEADLINE_RESULTS["after-move"] = await conn.reader.readexactly(5)
+        elif scope["path"] == "/read-moved":
+            # A read already waiting is cut by a deadline set, or moved, while it waits.
+            async def move() -> None:
+                await asyncio.sleep(0.1)
+                conn.set_read_deadline(loop.time() + 0.2)  # set while the read waits
+                await asyncio.sleep(0.1)
+                conn.set_read_deadline(loop.time() + 0.6)  # moved later before it expired
+
+            mover = asyncio.ensure_future(move())
+            started = loop.time()
+            try:
+                await conn.reader.read(10)
+            except TimeoutError as exc:
+                DEADLINE_RESULTS["read-moved"] = (exc, loop.time() - started)
+            await mover
         elif scope["path"] == "/write":
             conn.set_write_deadline(loop.time() + 0.5)
             sent = 0
@@ -266,3 +281,13 @@ def test_admin_endpoint_refuses_tcp_callers(hijack_server: Any) -> None:
     server: RunningServer = hijack_server(AdminApp())
     response = httpx.get(server.url + "/status", timeout=5)
     assert response.status_code == 403
+
+
+def test_a_waiting_read_is_cut_by_a_deadline_set_or_moved_while_it_waits(hijack_server: Any) -> None:
+    server = hijack_server(deadline_app)
+    with connect(server) as sock:
+        sock.sendall(b"GET /read-moved HTTP/1.1\r\nHost: x\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n\r\n")
+        recv_all(sock)  # the app closes once its read was cut
+    exc, waited = DEADLINE_RESULTS["read-moved"]
+    assert isinstance(exc, TimeoutError) and "set_read_deadline" in str(exc)
+    assert 0.6 < waited < 3  # the first deadline (0.3 s in) was moved to 0.8 s in: it did not fire
