@@ -867,3 +867,10 @@ class ReverseProxy:
         shutil.rmtree(self.folder, ignore_errors=True)
         if exc_type is None:
             assert not _PROXY_PROBLEMS.search(log), f"{self.kind} logged a problem:\n{log}"
+
+
+def with_settings(parser: str, **settings: object) -> type[asyncio.Protocol]:
+    """A subclass of the public protocol class for ``parser`` with these settings, as a server wrapper writes one."""
+    base = protocol_class(parser)
+    protocol: type[asyncio.Protocol] = type(f"My{base.__name__}", (base,), settings)
+    return protocol

@@ -7,7 +7,6 @@ and the app answers 503 itself.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import os
 import socket
@@ -16,13 +15,21 @@ from typing import Any
 
 import pytest
 
-import asgi_hijack
 from asgi_hijack import HijackLimitError, hijack
 from asgi_hijack.testing import serve
 from tests.apps import respond
-from tests.helpers import PARSERS, connect, free_port, recv_all, recv_until, uvicorn_command, wait_until
+from tests.helpers import (
+    PARSERS,
+    connect,
+    connect_retry,
+    free_port,
+    recv_all,
+    recv_until,
+    uvicorn_command,
+    wait_until,
+    with_settings,
+)
 
-CLASSES = {"h11": "H11HijackProtocol", "httptools": "HttpToolsHijackProtocol", "zttp": "ZttpHijackProtocol"}
 UPGRADE = b"GET /hijack HTTP/1.1\r\nHost: x\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n\r\n"
 
 
@@ -46,12 +53,6 @@ async def holding_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await conn.reader.read()  # until the client closes
 
 
-def capped(parser: str, cap: int) -> type[asyncio.Protocol]:
-    base = getattr(asgi_hijack, CLASSES[parser])
-    protocol: type[asyncio.Protocol] = type(f"Capped{base.__name__}", (base,), {"max_hijacked": cap})
-    return protocol
-
-
 def hold(address: tuple[str, int]) -> socket.socket:
     sock = connect(address)
     sock.sendall(UPGRADE)
@@ -67,7 +68,7 @@ def refused(address: tuple[str, int]) -> bytes:
 
 @pytest.mark.parametrize("parser", PARSERS)
 def test_over_the_cap_hijack_raises_before_writing_and_the_app_answers_503(parser: str) -> None:
-    with serve(holding_app, capped(parser, 2)) as server:
+    with serve(holding_app, with_settings(parser, max_hijacked=2)) as server:
         held = [hold(server.address) for _ in range(2)]
         answer = refused(server.address)
         assert answer.startswith(b"HTTP/1.1 503 "), answer
@@ -88,7 +89,7 @@ def test_the_environment_sets_the_cap() -> None:
     )
     with subprocess.Popen(command, env={**os.environ, "ASGI_HIJACK_MAX_HIJACKED": "1"}) as proc:
         try:
-            assert wait_until(lambda: _accepts(port), timeout=20)
+            connect_retry(("127.0.0.1", port), timeout=20).close()
             first = hold(("127.0.0.1", port))
             assert refused(("127.0.0.1", port)).startswith(b"HTTP/1.1 503 ")
             first.close()
@@ -97,18 +98,10 @@ def test_the_environment_sets_the_cap() -> None:
             proc.wait(timeout=10)
 
 
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-    except OSError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize("parser", PARSERS)
 def test_under_load_exactly_the_cap_is_hijacked(parser: str) -> None:
     """60 clients at once against a cap of 10: 10 are hijacked, 50 get the 503, none anything else."""
-    with serve(holding_app, capped(parser, 10)) as server:
+    with serve(holding_app, with_settings(parser, max_hijacked=10)) as server:
 
         def one(i: int) -> tuple[str, socket.socket | None]:
             sock = connect(server.address, timeout=10)

@@ -7,7 +7,6 @@ dispatches to. Each test runs a real server with the subclass and talks to it ov
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -19,20 +18,22 @@ from typing import Any
 
 import pytest
 
-import asgi_hijack
 from asgi_hijack import hijack
 from asgi_hijack.lifecycle import ConnectionInfo, ConnState
 from asgi_hijack.testing import serve
 from tests.apps import respond
-from tests.helpers import PARSERS, connect, free_port, recv_to_close, recv_until, wait_until
+from tests.helpers import (
+    PARSERS,
+    connect,
+    connect_retry,
+    free_port,
+    recv_to_close,
+    recv_until,
+    wait_until,
+    with_settings,
+)
 
 CLASSES = {"h11": "H11HijackProtocol", "httptools": "HttpToolsHijackProtocol", "zttp": "ZttpHijackProtocol"}
-
-
-def subclass(parser: str, **settings: Any) -> type[asyncio.Protocol]:
-    base = getattr(asgi_hijack, CLASSES[parser])
-    protocol: type[asyncio.Protocol] = type(f"My{base.__name__}", (base,), settings)
-    return protocol
 
 
 async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -47,7 +48,7 @@ async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @pytest.mark.parametrize("parser", PARSERS)
 def test_a_subclass_head_timeout_cuts_a_half_sent_head(parser: str) -> None:
-    with serve(hello, subclass(parser, head_timeout=0.3), timeout_keep_alive=60) as server:
+    with serve(hello, with_settings(parser, head_timeout=0.3), timeout_keep_alive=60) as server:
         started = time.monotonic()
         with connect(server) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
@@ -64,7 +65,7 @@ def test_subclass_conn_state_hooks_see_every_transition(parser: str) -> None:
     def hook(info: ConnectionInfo, state: ConnState) -> None:
         seen.append((info.id, state.value, info.request_index))
 
-    with serve(hello, subclass(parser, conn_state_hooks=(hook,))) as server:
+    with serve(hello, with_settings(parser, conn_state_hooks=(hook,))) as server:
         with connect(server) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             recv_until(sock, b"ok")
@@ -131,7 +132,7 @@ def test_shutdown_closes_hijacked_connections_after_the_drain_timeout(parser: st
     command = [sys.executable, "-c", DRAIN_SERVER, CLASSES[parser], str(port), drain]
     with subprocess.Popen(command, stderr=subprocess.PIPE) as proc:
         try:
-            assert wait_until(lambda: _accepts(port), timeout=20), "the server did not start"
+            connect_retry(("127.0.0.1", port), timeout=20).close()
             with connect(("127.0.0.1", port)) as sock:
                 sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 assert recv_until(sock, b"ready").endswith(b"ready")
@@ -144,11 +145,3 @@ def test_shutdown_closes_hijacked_connections_after_the_drain_timeout(parser: st
         finally:
             if proc.poll() is None:
                 proc.kill()
-
-
-def _accepts(port: int) -> bool:
-    try:
-        connect(("127.0.0.1", port), timeout=0.2).close()
-    except OSError:
-        return False
-    return True
