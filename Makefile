@@ -44,6 +44,8 @@ system-deps:
 	@[ -x /usr/sbin/nginx ] && [ -x /usr/sbin/haproxy ] && [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] \
 		|| (apt-get update -qq && apt-get install -y -qq nginx libnginx-mod-stream haproxy >/dev/null \
 			&& (systemctl disable --now nginx haproxy >/dev/null 2>&1 || true))
+	@# headless Chromium: a browser's WebSocket over HTTP/2 (tests/test_http2_websocket_browser.py)
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 setup: venv system-deps
 
@@ -91,8 +93,8 @@ dist: venv
 	$(PYTHON) -m twine check --strict dist/*
 	$(PYTHON) -m tools.check_sdist dist/*.tar.gz
 
-# Every comparison of docs/benchmarks.md (about 10 minutes on 2 cores); rewrites docs/benchmarks.md and
-# docs/benchmarks.png, exits non-zero when a goal is missed. Needs wrk, go, node and pproxy (see bench/run.py).
+# Every comparison of docs/benchmarks.md (about 20 minutes on 2 cores); rewrites docs/benchmarks.md and
+# docs/benchmarks.png, exits non-zero when a goal is missed. Needs wrk, go, node, pproxy and valgrind (see bench/run.py).
 bench: venv
 	$(PYTHON) -m bench.run $(BENCH_ARGS)
 

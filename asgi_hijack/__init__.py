@@ -20,7 +20,9 @@ from .errors import (
     IncompleteBodyError,
     MiddlewareBlockedError,
     ResponseStartedError,
+    TunnelNotSupported,
 )
+from .tunnel import Tunnel, tunnel, tunnel_supported
 
 if TYPE_CHECKING:
     from .h11_protocol import H11HijackProtocol
@@ -41,9 +43,13 @@ __all__ = [
     "IncompleteBodyError",
     "MiddlewareBlockedError",
     "ResponseStartedError",
+    "Tunnel",
+    "TunnelNotSupported",
     "ZttpHijackProtocol",
     "hijack",
     "hijack_supported",
+    "tunnel",
+    "tunnel_supported",
 ]
 
 __version__ = "0.1.0"

@@ -245,6 +245,10 @@ def _noop() -> None:
     pass
 
 
+_hijacked_logs: dict[logging.Logger, _HijackedLog] = {}
+"""One adapter per logger (uvicorn's ``uvicorn.error``), shared by every hijacked cycle."""
+
+
 def release(cycle: Cycle) -> None:
     """Detach a hijacked request cycle from the server, deterministically.
 
@@ -263,7 +267,11 @@ def release(cycle: Cycle) -> None:
     cycle.message_event = _DETACHED
     cycle.on_response = _noop
     cycle.flow = _DETACHED
-    cycle.logger = _HijackedLog(cycle.logger, {})  # type: ignore[assignment]
+    logger = cycle.logger
+    if isinstance(logger, logging.Logger):
+        if logger not in _hijacked_logs:
+            _hijacked_logs[logger] = _HijackedLog(logger, {})
+        cycle.logger = _hijacked_logs[logger]  # type: ignore[assignment]
     if hasattr(cycle, "conn"):  # the h11 / zttp connection state machine
         cycle.conn = None
 
@@ -275,6 +283,7 @@ class H2Stream(Protocol):
     stream_id: int
 
     def reset(self, error_code: Any) -> None: ...
+    def send_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
 
 
 class H2Cycle(Protocol):
@@ -283,20 +292,38 @@ class H2Cycle(Protocol):
 
     stream: H2Stream
     conn: Any
+    scope: MutableMapping[str, Any]
     transport: asyncio.Transport
     logger: logging.Logger
     message_event: MessageEvent
+    on_response: Callable[[int], None]  # the protocol's on_response_complete, then a no-op
+    body: bytearray  # request body received, not yet returned by receive()
     more_body: bool
     disconnected: bool
     response_started: bool
+    response_complete: bool
 
 
 class H2Protocol(Protocol):
     """``zttp_h2_impl.ZttpH2Protocol``: ``cycles`` maps stream ids to cycles, ``handle_request``
-    (overridden) makes the cycle of a ``zttp.Request`` event and starts its app."""
+    (overridden) makes the cycle of a ``zttp.Request`` event and starts its app.
+
+    ``ZttpH2HijackProtocol`` also overrides ``events`` (the generator ``handle_events`` consumes:
+    it takes DATA, END_STREAM and WINDOW_UPDATE there), ``data_received``, ``connection_lost``,
+    ``shutdown`` and the private ``_close_connection`` (GOAWAY and close, called when the last
+    cycle ends after a shutdown or the peer's GOAWAY, and by the keep-alive timer); and it calls
+    ``flush`` (writes ``conn.data_to_send()``), ``on_response_complete(stream_id)`` and
+    ``flow.drain()``. ``zttp_h2_impl.FORBIDDEN_HEADERS`` filters the headers of a tunnel's answer.
+    """
 
     app: Any
     cycles: dict[int, H2Cycle]
+
+
+def h2_cycles(protocol: Any) -> dict[int, H2Cycle]:
+    """``ZttpH2Protocol.cycles``: the request cycles of the open streams, by stream id."""
+    cycles: dict[int, H2Cycle] = protocol.cycles
+    return cycles
 
 
 def h2_cycle_of(send: Callable[[Any], Awaitable[None]]) -> H2Cycle | None:
@@ -313,6 +340,25 @@ def reset_stream(cycle: H2Cycle, error_code: Any) -> None:
         cycle.stream.reset(error_code)
         cycle.transport.write(cycle.conn.data_to_send())
     cycle.disconnected = True  # later sends are dropped
+
+
+def make_tunnel(cycle: H2Cycle) -> None:
+    """Turn an answered CONNECT cycle into a byte stream's: uvicorn's code leaves it alone.
+
+    ``disconnected``: ``receive()`` returns ``http.disconnect`` and ``run_asgi`` neither
+    answers nor resets when the app returns; ``response_started``: no 500 either. The
+    protocol's ``on_response`` is not called when the app returns: the engine completes the
+    request when the byte stream ends, so the connection stays busy (no keep-alive timeout,
+    no close on shutdown) while the stream is open.
+    """
+    cycle.response_started = True
+    cycle.disconnected = True
+    cycle.message_event.set()  # wake a receive() in progress: it returns http.disconnect
+    cycle.on_response = _ignore_stream
+
+
+def _ignore_stream(stream_id: int) -> None:
+    pass
 
 
 def end_headers_only_request(protocol: H2Protocol, stream_id: int) -> None:

@@ -6,7 +6,7 @@ import contextlib
 import functools
 import types
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
-from typing import Any, Protocol, overload
+from typing import Any, Protocol, TypeVar, overload
 
 from .connection import HijackedConnection
 from .errors import AlreadyHijackedError, HijackError, HijackNotSupported, MiddlewareBlockedError
@@ -19,6 +19,7 @@ EXTENSION = "http.hijack"
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+T = TypeVar("T")
 
 PROTOCOL_HINT = (
     "run uvicorn with --http asgi_hijack:HijackProtocol (or H11HijackProtocol, HttpToolsHijackProtocol, "
@@ -41,8 +42,8 @@ _USAGE = (
 )
 
 
-def _scope_and_send(scope: Any, receive: Any, send: Any) -> tuple[Scope, Send]:
-    """The scope and send of ``hijack()``'s arguments, or a TypeError that says what to pass."""
+def scope_and_send(scope: Any, receive: Any, send: Any, caller: str = "hijack") -> tuple[Scope, Send]:
+    """The scope and send of ``hijack()``'s (or ``tunnel()``'s) arguments, or a TypeError that says what to pass."""
     if receive is None and send is None:  # a request object (Starlette's is also a Mapping)
         request, scope = scope, getattr(scope, "scope", None)
         receive = getattr(request, "receive", None)
@@ -51,7 +52,7 @@ def _scope_and_send(scope: Any, receive: Any, send: Any) -> tuple[Scope, Send]:
     else:
         what = f"({type(scope).__name__}, {type(receive).__name__}, {type(send).__name__})"
     if not (isinstance(scope, MutableMapping) and callable(receive) and callable(send)):
-        raise TypeError(f"hijack() got {what}: {_USAGE}.")
+        raise TypeError(f"{caller}() got {what}: {_USAGE.replace('hijack(', caller + '(')}.")
     return scope, send
 
 
@@ -138,6 +139,41 @@ def _unsupported(scope: Scope) -> HijackNotSupported:
     )
 
 
+async def deliver(
+    caller: str, send: Send, message: dict[str, Any], extension: MutableMapping[str, Any], key: str, expected: type[T]
+) -> T:
+    """Send ``message`` (``http.hijack``, ``http.tunnel.accept``) to the server; return the ``expected``
+    object it put in ``extension[key]``. Raises :class:`MiddlewareBlockedError`, naming the middleware
+    in the way, when there is one."""
+    kind = message["type"]
+    if _base_http_middleware(send):
+        raise MiddlewareBlockedError(
+            f"{caller}() cannot pass through Starlette's BaseHTTPMiddleware: it runs the endpoint in a "
+            "separate task and rebuilds the response from http.response.* messages, so the "
+            f"{kind} message never reaches the server. One is between this app and the server "
+            '(FastAPI\'s @app.middleware("http") makes one). Rewrite that middleware as pure ASGI '
+            "middleware (forward messages it does not know), or serve this route outside it; the "
+            "app can still answer this request over HTTP."
+        )
+    try:
+        await send(message)
+    except (HijackError, ValueError, ConnectionError):  # the server's own answer
+        raise
+    except Exception as exc:
+        raise MiddlewareBlockedError(
+            f"the {kind} message was rejected on its way to the server by {_describe(send)}: "
+            f"{exc!r}. Middleware that wraps send must forward message types it does not know."
+        ) from exc
+    found = extension.get(key)
+    if not isinstance(found, expected):
+        raise MiddlewareBlockedError(
+            f"the {kind} message never reached the server: {_describe(send)} (a middleware "
+            "between this app and the server) dropped it. Middleware that wraps send must forward "
+            "message types it does not know; move this route outside that middleware."
+        )
+    return found
+
+
 def require_hijacked(scope: Scope) -> None:
     """Raise :class:`RuntimeError` unless this request was hijacked (for ``Hijacked`` responses)."""
     if "connection" not in (scope.get("extensions") or {}).get(EXTENSION, {}):
@@ -194,36 +230,11 @@ async def hijack(
     server or protocol (:class:`HijackNotSupported`), second hijack, response already
     started, app already returned, client gone, or a middleware that blocked it.
     """
-    scope, send = _scope_and_send(scope, receive, send)
+    scope, send = scope_and_send(scope, receive, send)
     extension = (scope.get("extensions") or {}).get(EXTENSION)
     if extension is None:
         raise _unsupported(scope)
     if "connection" in extension:
         raise AlreadyHijackedError("this connection was already hijacked; hijack() may be called once per request")
-    if _base_http_middleware(send):
-        raise MiddlewareBlockedError(
-            "hijack() cannot pass through Starlette's BaseHTTPMiddleware: it runs the endpoint in a "
-            "separate task and rebuilds the response from http.response.* messages, so the "
-            "http.hijack message never reaches the server. One is between this app and the server "
-            '(FastAPI\'s @app.middleware("http") makes one). Rewrite that middleware as pure ASGI '
-            "middleware (forward messages it does not know), or serve this route outside it; the "
-            "app can still answer this request over HTTP."
-        )
-    message: dict[str, Any] = {"type": EXTENSION, "status": status, "reason": reason, "headers": list(headers)}
-    try:
-        await send(message)
-    except (HijackError, ValueError):
-        raise
-    except Exception as exc:
-        raise MiddlewareBlockedError(
-            f"the http.hijack message was rejected on its way to the server by {_describe(send)}: "
-            f"{exc!r}. Middleware that wraps send must forward message types it does not know."
-        ) from exc
-    conn = extension.get("connection")
-    if not isinstance(conn, HijackedConnection):
-        raise MiddlewareBlockedError(
-            f"the http.hijack message never reached the server: {_describe(send)} (a middleware "
-            "between this app and the server) dropped it. Middleware that wraps send must forward "
-            "message types it does not know; move the hijacking route outside that middleware."
-        )
-    return conn
+    message = {"type": EXTENSION, "status": status, "reason": reason, "headers": list(headers)}
+    return await deliver("hijack", send, message, extension, "connection", HijackedConnection)

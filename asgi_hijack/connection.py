@@ -14,6 +14,7 @@ import anyio
 from anyio.abc import ByteStream, SocketAttribute
 
 from .lifecycle import ConnectionInfo
+from .proxy_protocol import ProxiedTransport
 
 __all__ = ["HijackedConnection"]
 
@@ -166,6 +167,62 @@ class _Writer(asyncio.StreamWriter):
         await self.deadline.wait("write", super().drain())
 
 
+def with_deadlines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Give any asyncio streams pair (an HTTP/2 tunnel's) the deadlines of a hijacked connection.
+
+    The reader becomes a :class:`_Reader` and the writer a :class:`_Writer` subclass of its own
+    class (both add methods only), so the semantics are the same code on HTTP/1.1 and HTTP/2.
+    """
+    if not isinstance(reader, _Reader):
+        reader.__class__ = _Reader
+    if not isinstance(writer, _Writer):
+        cls = type(writer)
+        if cls not in _DEADLINE_WRITERS:
+            _DEADLINE_WRITERS[cls] = type(f"Deadline{cls.__name__}", (_Writer, cls), {"__module__": __name__})
+        writer.__class__ = _DEADLINE_WRITERS[cls]
+
+
+_DEADLINE_WRITERS: dict[type[asyncio.StreamWriter], type[_Writer]] = {}
+
+
+def set_read_deadline(reader: asyncio.StreamReader, deadline: float | None) -> None:
+    """The read deadline of a reader from :class:`HijackedConnection` or :func:`with_deadlines`."""
+    assert isinstance(reader, _Reader), "call with_deadlines() first"
+    reader.move_deadline(deadline)
+
+
+def set_write_deadline(writer: asyncio.StreamWriter, deadline: float | None) -> None:
+    """The write deadline of a writer from :class:`HijackedConnection` or :func:`with_deadlines`."""
+    assert isinstance(writer, _Writer), "call with_deadlines() first"
+    if writer.deadline is _NO_DEADLINE:
+        writer.deadline = _Deadline()
+    writer.deadline.at = deadline
+
+
+async def receive_from(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
+    """anyio's ``receive()`` on a reader: up to ``max_bytes``, :class:`anyio.EndOfStream` at EOF."""
+    try:
+        data = await reader.read(max_bytes)
+    except TimeoutError:
+        raise
+    except OSError as exc:
+        raise anyio.BrokenResourceError from exc
+    if not data:
+        raise anyio.EndOfStream
+    return data
+
+
+async def send_to(writer: asyncio.StreamWriter, item: bytes) -> None:
+    """anyio's ``send()`` on a writer: write ``item``, then wait for back-pressure to allow more."""
+    try:
+        writer.write(item)
+        await writer.drain()
+    except TimeoutError:
+        raise
+    except OSError as exc:
+        raise anyio.BrokenResourceError from exc
+
+
 class HijackedConnection(ByteStream):
     """A connection taken over from the server.
 
@@ -192,6 +249,8 @@ class HijackedConnection(ByteStream):
         limit: int = DEFAULT_LIMIT,
     ) -> None:
         loop = asyncio.get_running_loop()
+        if isinstance(transport, ProxiedTransport):  # the connection's own socket, not the PROXY header's view
+            transport = transport.transport
         self.pending: bytes = pending
         """Bytes the server had read after the request head that the app had not received."""
         self.transport: asyncio.Transport = transport
@@ -230,6 +289,17 @@ class HijackedConnection(ByteStream):
         return sock
 
     @property
+    def client(self) -> Any:
+        """The client's address: the peer's, or behind the PROXY protocol the one its header names.
+
+        Behind the PROXY protocol the peer (``socket.getpeername()``) is the balancer.
+        """
+        proxy = self.info.proxy if self.info is not None else None
+        if proxy is not None and proxy.source is not None:
+            return proxy.source
+        return self.transport.get_extra_info("peername") or None
+
+    @property
     def is_closing(self) -> bool:
         """True once the connection is closed or closing."""
         return self.transport.is_closing()
@@ -241,12 +311,11 @@ class HijackedConnection(ByteStream):
         The deadline can be moved at any time, also while a read waits; a read after it
         fails at once until it is moved.
         """
-        reader: _Reader = self.reader  # type: ignore[assignment]
-        reader.move_deadline(deadline)
+        set_read_deadline(self.reader, deadline)
 
     def set_write_deadline(self, deadline: float | None) -> None:
         """Writes after ``deadline``, and ``drain()`` waiting past it (a peer not reading), raise TimeoutError."""
-        self._own_deadline(self.writer).at = deadline
+        set_write_deadline(self.writer, deadline)
 
     def set_deadline(self, deadline: float | None) -> None:
         """Set both the read and the write deadline."""
@@ -263,13 +332,6 @@ class HijackedConnection(ByteStream):
         for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
             if value is not None and hasattr(socket, name):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), max(1, int(value)))
-
-    @staticmethod
-    def _own_deadline(stream: Any) -> _Deadline:
-        if stream.deadline is _NO_DEADLINE:
-            stream.deadline = _Deadline()
-        deadline: _Deadline = stream.deadline
-        return deadline
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
@@ -326,27 +388,13 @@ class HijackedConnection(ByteStream):
             if self.reader.at_eof():
                 raise anyio.EndOfStream
             raise anyio.ClosedResourceError
-        try:
-            data = await self.reader.read(max_bytes)
-        except TimeoutError:
-            raise
-        except OSError as exc:
-            raise anyio.BrokenResourceError from exc
-        if not data:
-            raise anyio.EndOfStream
-        return data
+        return await receive_from(self.reader, max_bytes)
 
     async def send(self, item: bytes) -> None:
         """Write ``item`` and wait for the transport to drain below its high-water mark."""
         if self.transport.is_closing():
             raise anyio.ClosedResourceError
-        self.writer.write(item)
-        try:
-            await self.writer.drain()
-        except TimeoutError:
-            raise
-        except OSError as exc:
-            raise anyio.BrokenResourceError from exc
+        await send_to(self.writer, item)
 
     async def send_eof(self) -> None:
         """Half-close: send FIN, keep reading (not possible over TLS)."""

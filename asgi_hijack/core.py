@@ -8,15 +8,15 @@ validate everything they are fed; the framer only decides how much to feed. Ever
 core touches of uvicorn is declared in :mod:`asgi_hijack.adapter`.
 
 Cost: a data chunk that is exactly one request head (the common keep-alive GET) takes a
-fast path of one ``bytes.find`` (plus a bare-LF count on h11, which accepts bare LF) and
+fast path of one ``bytes.partition`` (plus a bare-LF count on h11, which accepts bare LF) and
 bypasses the framer, which is brought up to date only when the connection leaves that path.
 """
 
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Awaitable, Callable
+from types import MethodType
 from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
@@ -49,6 +49,7 @@ from .framing import (
 )
 from .head import build_head, build_rejection
 from .lifecycle import CONNECTION_EXTENSION, ConnState, ConnStateHook, Lifecycle, registered_hooks
+from .proxy_protocol import intercept, refuse_tls
 from .settings import HEAD_TIMEOUT, HijackSettings
 
 if TYPE_CHECKING:
@@ -57,6 +58,12 @@ if TYPE_CHECKING:
 __all__ = ["EXTENSION", "HEAD_TIMEOUT", "HijackServerMixin"]
 
 Message = dict[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+
+
+_FAST_PATH_FRAMER = Framer()
+"""The framer of every connection on the fast path, which has none of its own (less memory per idle
+keep-alive connection). It is never used: leaving the fast path gives a connection a new framer."""
 
 
 class _Connection(Lifecycle):
@@ -67,54 +74,60 @@ class _Connection(Lifecycle):
     costs memory and speed).
     """
 
-    __slots__ = ("app", "busy", "framer", "protocol", "timer")
+    __slots__ = ("app", "busy", "framer", "strict_lf", "timer", "upgrade")
 
-    def __init__(self, hooks: tuple[ConnStateHook, ...], app: Any, protocol: HijackServerMixin) -> None:
+    def __init__(self, hooks: tuple[ConnStateHook, ...], app: Any, strict_lf: bool) -> None:
         super().__init__(hooks)
         self.app = app
-        self.protocol = weakref.ref(protocol)  # weak: a hijacked app must not keep the parser alive
         self.busy = False  # off the fast path: the framer is up to date
-        self.framer = Framer()
+        self.framer = _FAST_PATH_FRAMER
         self.timer: asyncio.TimerHandle | None = None  # the head timeout, while a head is awaited
+        self.upgrade = False  # the parser reported a non-WebSocket upgrade
+        self.strict_lf = strict_lf  # the parser rejects bare LF (see HijackServerMixin._hj_strict_lf)
 
-    def enter(self, scope: dict[str, Any], receive: Any, send: Callable[[Message], Awaitable[None]]) -> Awaitable[None]:
+    def enter(self, scope: dict[str, Any], receive: Any, send: Send) -> Awaitable[None]:
         """The app as uvicorn calls it: advertise the extensions, give it a ``send`` that can hijack.
 
         Returns the app's coroutine (no extra frame per request); uvicorn's own sends (its
-        500 page) do not go through the wrapper.
+        500 page) do not go through the wrapper. ``http.connection`` is the connection's one
+        view, updated here: requests on a connection never overlap. The wrapper is a bound
+        method, not a new closure per request (a function and two cells less to make).
         """
         ext: dict[str, Any] = {}
         info = self.info
         index = info.request_index = info._started
         info._started = index + 1
-        connection = self.extension.copy()
-        connection["request_index"] = index
-        scope["extensions"] = {EXTENSION: ext, CONNECTION_EXTENSION: connection}
+        view = self.extension
+        view["request_index"] = index
+        scope["extensions"] = {EXTENSION: ext, CONNECTION_EXTENSION: view}
         if self.hooks:
             self.set(ConnState.ACTIVE)
-            owner = self.protocol()
-            if owner is not None:
-                adapter.cycle_of(send).on_response = owner._hj_on_response
-
-        def send_or_hijack(message: Message) -> Awaitable[None]:
-            if ext:
-                return _special_send(send, ext, message)
-            kind = message["type"]
-            if kind == "http.response.body":  # the most frequent message: checked first
-                return send(message)
-            if kind == EXTENSION:
-                return _special_send(send, ext, message)
-            if message.get("status") == 101:
-                # A 101 sent without hijacking switches protocols with nobody to own the
-                # connection: close it after the response, never parse what follows as HTTP.
-                adapter.cycle_of(send).keep_alive = False
-            return send(message)
-
-        result: Awaitable[None] = self.app(scope, receive, send_or_hijack)
+            cycle = adapter.cycle_of(send)
+            owner = adapter.handled_by(cycle)  # the protocol (no reference kept: it may be hijacked)
+            if isinstance(owner, HijackServerMixin):
+                cycle.on_response = owner._hj_on_response
+        result: Awaitable[None] = self.app(scope, receive, MethodType(_send_or_hijack, (send, ext)))
         return result
 
 
-async def _special_send(send: Callable[[Message], Awaitable[None]], ext: dict[str, Any], message: Message) -> None:
+def _send_or_hijack(request: tuple[Send, dict[str, Any]], message: Message) -> Awaitable[None]:
+    """The app's ``send``, bound to uvicorn's ``send`` and the request's ``http.hijack`` extension."""
+    send, ext = request
+    if ext:
+        return _special_send(send, ext, message)
+    kind = message["type"]
+    if kind == "http.response.body":  # the most frequent message: checked first
+        return send(message)
+    if kind == EXTENSION:
+        return _special_send(send, ext, message)
+    if message.get("status") == 101:
+        # A 101 sent without hijacking switches protocols with nobody to own the
+        # connection: close it after the response, never parse what follows as HTTP.
+        adapter.cycle_of(send).keep_alive = False
+    return send(message)
+
+
+async def _special_send(send: Send, ext: dict[str, Any], message: Message) -> None:
     if "connection" in ext:
         raise AlreadyHijackedError(
             f"{message['type']!r} sent after the connection was hijacked: the server no longer "
@@ -137,7 +150,6 @@ class HijackServerMixin(HijackSettings):
     own attribute accesses stay on CPython's fast paths. Settings: :class:`HijackSettings`.
     """
 
-    _hj_upgrade = False  # set (on the instance) when the parser reports a non-WebSocket upgrade
     _hj_strict_lf = True
     """The parser rejects bare-LF line endings itself, so the fast path need not look for them.
 
@@ -168,10 +180,15 @@ class HijackServerMixin(HijackSettings):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        conn = self._hj = _Connection(registered_hooks(self.conn_state_hooks, self.app_state), self.app, self)
+        hooks = registered_hooks(self.conn_state_hooks, self.app_state)
+        conn = self._hj = _Connection(hooks, self.app, self._hj_strict_lf)
         self.app = conn.enter
+        if self.proxy_protocol != "off" and self.config.is_ssl:
+            refuse_tls(self)  # PROXY protocol: the header would come before the TLS handshake
 
     def connection_made(self, transport: Any) -> None:
+        if self.proxy_protocol != "off" and intercept(self, transport, self.proxy_protocol, self.proxy_trusted):
+            return  # PROXY protocol: called again once the header is read (asgi_hijack.proxy_protocol)
         super().connection_made(transport)  # type: ignore[misc]
         # The first head is awaited off the fast path, under the head timeout.
         conn = self._hj_enter_slow_path()
@@ -203,28 +220,31 @@ class HijackServerMixin(HijackSettings):
 
     def _unsupported_upgrade_warning(self) -> None:
         # uvicorn calls this for every non-WebSocket upgrade; here the app may hijack it.
-        self._hj_upgrade = True
+        self._hj.upgrade = True
 
     # -- the fast path --------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if not self._hj.busy:
+        conn = self._hj
+        if not conn.busy:
             cycle = self.cycle
-            if (
-                (cycle is None or (cycle.response_complete and not cycle.more_body))
-                and data.find(b"\n\r\n") == len(data) - 3
-                and (self._hj_strict_lf or data.count(b"\n") == data.count(b"\r\n"))
-                and data[0] != 67  # "C": CONNECT takes the slow path
-            ):
-                try:
-                    self._hj_stock_data_received(data)
-                except UnicodeDecodeError:  # zttp decodes the target as ASCII unguarded
-                    self._hj_reject(400, "Invalid HTTP request received.")
+            if cycle is None or (cycle.response_complete and not cycle.more_body):
+                _, end, rest = data.partition(b"\n\r\n")  # cheaper than bytes.find (whose arguments are parsed)
+                if (
+                    end
+                    and not rest  # one head, nothing after it
+                    and (conn.strict_lf or data.count(b"\n") == data.count(b"\r\n"))
+                    and data[0] != 67  # "C": CONNECT takes the slow path
+                ):
+                    try:
+                        self._hj_stock_data_received(data)
+                    except UnicodeDecodeError:  # zttp decodes the target as ASCII unguarded
+                        self._hj_reject(400, "Invalid HTTP request received.")
+                        return
+                    if conn.upgrade:
+                        self._hj_tunnel(self.cycle)
+                    elif self.cycle is cycle and self.transport.get_protocol() is not self:  # type: ignore[comparison-overlap]
+                        self._hj_handed_to_websocket(b"")
                     return
-                if self._hj_upgrade:
-                    self._hj_tunnel(self.cycle)
-                elif self.cycle is cycle and self.transport.get_protocol() is not self:  # type: ignore[comparison-overlap]
-                    self._hj_handed_to_websocket(b"")
-                return
             self._hj_enter_slow_path()
         self._hj_process(data)
 
@@ -245,7 +265,7 @@ class HijackServerMixin(HijackSettings):
 
         Returns True if the parser skipped its body, which the core then delivers.
         """
-        self._hj_upgrade = False
+        self._hj.upgrade = False
         # Bytes after CONNECT or Upgrade are never parsed as HTTP: unless the app
         # hijacks, the connection closes after the response.
         cycle.keep_alive = False
@@ -265,6 +285,7 @@ class HijackServerMixin(HijackSettings):
         if conn.busy:
             return conn
         conn.busy = True
+        conn.framer = Framer()
         cycle = self.cycle
         if cycle is not None and not (cycle.response_complete and not cycle.more_body):
             self._hj_head_parsed(conn, cycle, skip)
@@ -331,6 +352,7 @@ class HijackServerMixin(HijackSettings):
                 self.transport.close()
             else:
                 conn.busy = False  # back on the fast path
+                conn.framer = _FAST_PATH_FRAMER
 
     def _hj_head(self, conn: _Connection, head: bytes) -> None:
         if conn.timer is not None:
@@ -349,7 +371,7 @@ class HijackServerMixin(HijackSettings):
             self._hj_reject(400, "Invalid HTTP request received.")
             return
         skip = False
-        if self._hj_upgrade or cycle.scope["method"] == "CONNECT":
+        if conn.upgrade or cycle.scope["method"] == "CONNECT":
             skip = self._hj_tunnel(cycle)
         self._hj_head_parsed(conn, cycle, skip)
 
@@ -377,7 +399,7 @@ class HijackServerMixin(HijackSettings):
 
     def _hj_reject(self, status: int, reason: str) -> None:
         """Answer ``status`` (400, 408, 431) and close; a request the app is still handling sees a disconnect."""
-        self._hj.framer.close()
+        self._hj_enter_slow_path().framer.close()
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # the app's sends are dropped, receive() says http.disconnect

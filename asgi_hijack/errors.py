@@ -15,6 +15,7 @@ __all__ = [
     "IncompleteBodyError",
     "MiddlewareBlockedError",
     "ResponseStartedError",
+    "TunnelNotSupported",
 ]
 
 
@@ -28,6 +29,16 @@ class HijackNotSupported(HijackError):
     Raised for HTTP/2 and HTTP/3 requests (many requests share one connection), for
     servers that do not offer the ``http.hijack`` extension (stock uvicorn, hypercorn,
     daphne, granian), and under Starlette's ``TestClient`` (there is no socket).
+    """
+
+
+class TunnelNotSupported(HijackNotSupported):
+    """This request cannot become a byte stream with :func:`asgi_hijack.tunnel`.
+
+    Raised for a request that asks for no tunnel (neither ``CONNECT`` nor ``Upgrade``), and
+    where the server offers neither ``http.hijack`` (HTTP/1.x) nor ``http.tunnel`` (HTTP/2).
+    A subclass of :class:`HijackNotSupported`, so an unhandled one on HTTP/2 also resets the
+    stream with ``HTTP_1_1_REQUIRED``.
     """
 
 

@@ -55,13 +55,13 @@ def peer_credentials(sock: socket.socket | None) -> tuple[int, int, int] | None:
 class ConnectionInfo:
     """The identity of one accepted HTTP/1.x connection (``conn.info``, and what state hooks receive).
 
-    ``id``, ``request_index`` (of the latest request), ``peer_credentials`` and ``state``, a
+    ``id``, ``request_index`` (of the latest request), ``peer_credentials``, ``proxy`` and ``state``, a
     mapping every request on the connection sees (Go's ``ConnContext``): created when the
     connection opens, dropped with the connection. Read-only: ``client``, ``server``,
     ``requests`` (how many have started) and ``conn_state``.
     """
 
-    __slots__ = ("_conn_state", "_started", "_transport", "id", "peer_credentials", "request_index", "state")
+    __slots__ = ("_conn_state", "_started", "_transport", "id", "peer_credentials", "proxy", "request_index", "state")
 
     def __init__(self) -> None:
         self.id: int = next(_ids)
@@ -69,6 +69,8 @@ class ConnectionInfo:
         self._started = 0
         self.peer_credentials: tuple[int, int, int] | None = None
         self.state: dict[str, Any] = {}
+        self.proxy: Any = None
+        """The connection's :class:`~asgi_hijack.proxy_protocol.ProxyHeader` (None without the PROXY protocol)."""
         self._transport: Any = None
         self._conn_state = ConnState.NEW
 
@@ -77,7 +79,7 @@ class ConnectionInfo:
 
     @property
     def client(self) -> Any:
-        """The peer address (``None`` on unix sockets)."""
+        """The peer address (``None`` on unix sockets); behind the PROXY protocol, the client's."""
         return self._transport.get_extra_info("peername") or None if self._transport is not None else None
 
     @property
@@ -105,13 +107,20 @@ class Lifecycle:
         self.hooks = hooks
         self.info = ConnectionInfo()
         self.extension: dict[str, Any] = {}
-        """Template of the ``http.connection`` extension; each request gets a copy with its index."""
+        """The ``http.connection`` extension: one view per connection, ``request_index`` set per request."""
 
     def opened(self, transport: Any) -> None:
         info = self.info
         info.peer_credentials = peer_credentials(transport.get_extra_info("socket"))
         info._transport = transport
-        self.extension = {"id": info.id, "peer_credentials": info.peer_credentials, "state": info.state}
+        info.proxy = transport.get_extra_info("proxy")
+        self.extension = {
+            "id": info.id,
+            "request_index": 0,
+            "peer_credentials": info.peer_credentials,
+            "state": info.state,
+            "proxy": info.proxy,
+        }
         self.set(ConnState.NEW)
 
     def set(self, state: ConnState) -> None:

@@ -3,13 +3,15 @@
 Each setting is a class attribute of every protocol class, so a server wrapper sets it
 on a subclass (``class Mine(HttpToolsHijackProtocol): head_timeout = 5.0``), and the
 environment sets its default for all classes. ``ZttpHijackProtocol`` forwards its settings
-to the HTTP/1.1 protocol it dispatches to, so a subclass of it works the same way.
+to the HTTP/1.1 and HTTP/2 protocols it dispatches to, so a subclass of it works the same way.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
+from . import proxy_protocol
 from .lifecycle import ConnStateHook
 
 __all__ = ["DRAIN_TIMEOUT", "HEAD_TIMEOUT", "SETTINGS", "HijackSettings"]
@@ -52,6 +54,19 @@ def _seconds(name: str, default: float | None) -> float | None:
     return value
 
 
+def _choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    text = os.environ.get(name, "").strip().lower() or default
+    if text not in choices:
+        raise ValueError(f"{name}={text!r} is not one of {', '.join(choices)}")
+    return text
+
+
+def _networks(name: str, default: str) -> str:
+    text = os.environ.get(name, "").strip() or default
+    proxy_protocol.trusted_networks(text)  # raises on a word that is not an address or CIDR
+    return text
+
+
 class HijackSettings:
     """The settings every protocol class has (see the module docstring)."""
 
@@ -66,6 +81,23 @@ class HijackSettings:
     before anything is written. Environment: ``ASGI_HIJACK_MAX_HIJACKED``."""
     conn_state_hooks: tuple[ConnStateHook, ...] = ()
     """Connection state hooks of a server wrapper; apps register theirs in lifespan state."""
+    h2_websockets: str = _choice("ASGI_HIJACK_H2_WEBSOCKETS", ("on", "http1"), "on")
+    """WebSockets over HTTP/2 (RFC 8441) on ``ZttpHijackProtocol``: ``on`` serves them as ASGI
+    ``websocket`` scopes, ``http1`` resets them with ``HTTP_1_1_REQUIRED`` so that browsers retry
+    over HTTP/1.1. Environment: ``ASGI_HIJACK_H2_WEBSOCKETS``."""
+    proxy_protocol: str = _choice("ASGI_HIJACK_PROXY_PROTOCOL", proxy_protocol.MODES, "off")
+    """``off``, or the PROXY protocol header every connection must start with: ``v1``, ``v2`` or
+    ``any`` (see :mod:`asgi_hijack.proxy_protocol`). Environment: ``ASGI_HIJACK_PROXY_PROTOCOL``."""
+    proxy_trusted: str | tuple[str, ...] = _networks("ASGI_HIJACK_PROXY_TRUSTED", "127.0.0.1")
+    """Peers allowed to send the PROXY header: addresses and CIDRs (``*``: all, ``unix``: unix
+    sockets), in a string separated by commas or a tuple. Environment: ``ASGI_HIJACK_PROXY_TRUSTED``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        if isinstance(own.get("proxy_protocol", ""), str) and isinstance(own.get("proxy_trusted", ""), (str, tuple)):
+            # A server wrapper's settings are checked when its class is made, not per connection.
+            proxy_protocol.validate(cls.proxy_protocol, cls.proxy_trusted, cls.__qualname__)
 
 
 SETTINGS = tuple(name for name in vars(HijackSettings) if not name.startswith("_"))

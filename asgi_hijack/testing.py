@@ -104,7 +104,9 @@ def serve(
     uds = options.get("uds")
     sock: socket.socket | None = None
     if uds is None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, as the sockets uvicorn makes itself: asyncio sets TCP_NODELAY only on accepted
+        # sockets whose proto says TCP (with 0, small writes wait ~40 ms for the peer's delayed ACK).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((options["host"], options.pop("port")))
         options["port"] = sock.getsockname()[1]

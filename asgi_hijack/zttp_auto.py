@@ -7,7 +7,7 @@ preface on cleartext (prior knowledge). ``Upgrade: h2c`` is not honoured; on
 HTTP/1.1 it is an upgrade token like any other, which the app may hijack.
 
 Settings (:class:`~asgi_hijack.settings.HijackSettings`) set on a subclass of this class
-are forwarded to the HTTP/1.1 protocol it dispatches to.
+are forwarded to the HTTP/1.1 and HTTP/2 protocols it dispatches to.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.auto_zttp_impl import AutoZttpProtocol
 
 from . import adapter
+from .proxy_protocol import intercept, refuse_tls
 from .settings import SETTINGS, HijackSettings
 from .zttp_h1 import ZttpH1HijackProtocol
 from .zttp_h2 import ZttpH2HijackProtocol
@@ -38,13 +39,23 @@ class ZttpHijackProtocol(HijackSettings, AutoZttpProtocol):
 
     h1_protocol: ClassVar[type[ZttpH1HijackProtocol]] = ZttpH1HijackProtocol
     """The HTTP/1.1 class; a subclass gets its own, which reads the subclass's settings."""
+    h2_protocol: ClassVar[type[ZttpH2HijackProtocol]] = ZttpH2HijackProtocol
+    """The HTTP/2 class; a subclass gets its own too (``h2_websockets``)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         settings = {name: _forwarded(cls, name) for name in SETTINGS}
         cls.h1_protocol = type(f"{cls.__name__}H1", (cls.h1_protocol,), {**settings, "__module__": cls.__module__})
+        cls.h2_protocol = type(f"{cls.__name__}H2", (cls.h2_protocol,), {**settings, "__module__": cls.__module__})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.proxy_protocol != "off" and self.config.is_ssl:
+            refuse_tls(self)  # PROXY protocol: the header would come before the TLS handshake
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if self.proxy_protocol != "off" and intercept(self, transport, self.proxy_protocol, self.proxy_trusted):
+            return  # PROXY protocol: called again once the header is read, before the HTTP/2 sniffing
         super().connection_made(transport)
         timer = adapter.dispatch_timer(self)
         if timer is not None:
@@ -54,7 +65,7 @@ class ZttpHijackProtocol(HijackSettings, AutoZttpProtocol):
             adapter.set_dispatch_timer(self, self.loop.call_later(self.head_timeout, self.transport.close))
 
     def _switch(self, http2: bool, initial_data: bytes = b"") -> None:
-        protocol_class = ZttpH2HijackProtocol if http2 else self.h1_protocol
+        protocol_class = self.h2_protocol if http2 else self.h1_protocol
         protocol: asyncio.Protocol = protocol_class(
             config=self.config, server_state=self.server_state, app_state=self.app_state, _loop=self.loop
         )

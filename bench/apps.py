@@ -85,6 +85,22 @@ async def hello(scope: Scope, receive: Receive, send: Send) -> None:
         await _lifespan(receive, send)
 
 
+DOWNLOAD_BLOCK = bytes(range(256)) * 4096
+"""One MiB of a known pattern: the unit of :func:`download`."""
+
+
+async def download(scope: Scope, receive: Receive, send: Send) -> None:
+    """``GET /?mib=N``: N (at least 1) MiB, one ``http.response.body`` message per MiB (the download workload)."""
+    if scope["type"] != "http":
+        return await hello(scope, receive, send)
+    query = dict(part.split("=", 1) for part in scope["query_string"].decode().split("&") if "=" in part)
+    mib = max(1, int(query.get("mib", "1")))
+    headers = [(b"content-type", b"application/octet-stream"), (b"content-length", b"%d" % (mib * len(DOWNLOAD_BLOCK)))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    for left in range(mib - 1, -1, -1):
+        await send({"type": "http.response.body", "body": DOWNLOAD_BLOCK, "more_body": left > 0})
+
+
 async def tcp_upgrade(scope: Scope, receive: Receive, send: Send) -> None:
     """``Upgrade: tcp`` requests are hijacked (101) and speak the stream protocol; others get :func:`hello`."""
     if scope["type"] != "http" or not any(k == b"upgrade" and v.lower() == b"tcp" for k, v in scope["headers"]):

@@ -2,7 +2,7 @@
 
 Run by :mod:`bench.run` pinned to the client core::
 
-    python -m bench.clients handshake --port P --kind tcp|ws [--concurrency 50] [--seconds 10]
+    python -m bench.clients handshake --port P --kind tcp|ws|close [--concurrency 50] [--seconds 10]
     python -m bench.clients bulk --port P --preface tcp|connect|none [--target PORT] [--bytes N]
     python -m bench.clients idle --port P --kind tcp|get|none --count N   # steps over stdin/stdout
 
@@ -37,7 +37,10 @@ PREFACES = {
         101,
     ),
     "get": (b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n", 200),
+    "close": (b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n", 200),
 }
+ECHOES = {"tcp": (b"echo\n" + PAYLOAD, PAYLOAD), "ws": (WS_FRAME, b"\x82\x40" + PAYLOAD), "close": (b"", b"")}
+"""What a handshake client sends after the preface, and the reply it waits for."""
 CHUNK = memoryview(bytes(1 << 20))
 
 
@@ -124,7 +127,7 @@ class Client(asyncio.Protocol):
 
 
 async def connect(port: int, preface: str, target: int = 0) -> Client:
-    """Open a connection and perform ``preface`` (``tcp``/``ws``/``get`` request, ``connect`` tunnel, ``none``)."""
+    """Open a connection and perform ``preface``: a ``tcp``/``ws``/``get``/``close`` request, ``connect``, ``none``."""
     _, client = await asyncio.get_running_loop().create_connection(Client, HOST, port)
     if preface == "none":
         return client
@@ -142,8 +145,11 @@ async def connect(port: int, preface: str, target: int = 0) -> Client:
 
 
 async def handshake(port: int, kind: str, concurrency: int, seconds: float) -> dict[str, Any]:
-    """Connections per second of: connect, upgrade, one 64-byte echo round trip, close."""
-    message, reply = (b"echo\n" + PAYLOAD, PAYLOAD) if kind == "tcp" else (WS_FRAME, b"\x82\x40" + PAYLOAD)
+    """Connections per second of: connect, upgrade, one 64-byte echo round trip, close.
+
+    ``close``: connect, a ``Connection: close`` GET and its response, close (no upgrade, no echo).
+    """
+    message, reply = ECHOES[kind]
     done = errors = 0
 
     async def worker(deadline: float) -> None:
@@ -151,7 +157,8 @@ async def handshake(port: int, kind: str, concurrency: int, seconds: float) -> d
         while time.monotonic() < deadline:
             try:
                 client = await connect(port, kind)
-                client.transport.write(message)
+                if message:
+                    client.transport.write(message)
                 await client.until_size(len(reply))
                 client.transport.close()
                 if client.buf != reply:
@@ -241,7 +248,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.clients", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     hs = sub.add_parser("handshake")
-    hs.add_argument("--kind", choices=("tcp", "ws"), required=True)
+    hs.add_argument("--kind", choices=tuple(ECHOES), required=True)
     hs.add_argument("--concurrency", type=int, default=50)
     hs.add_argument("--seconds", type=float, default=10.0)
     bk = sub.add_parser("bulk")

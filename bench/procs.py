@@ -26,6 +26,13 @@ PINNING = len(_CPUS) >= 2 and shutil.which("taskset") is not None
 SERVER_CPU = _CPUS[0]
 CLIENT_CPU = _CPUS[1] if len(_CPUS) >= 2 else _CPUS[0]
 _TICK = os.sysconf("SC_CLK_TCK")
+HIJACK_PROTOCOLS = {"httptools": "HttpToolsHijackProtocol", "h11": "H11HijackProtocol", "zttp": "ZttpHijackProtocol"}
+"""Our protocol class for each parser."""
+
+
+def hijack_http(parser: str) -> str:
+    """``--http`` value of our protocol class for ``parser``."""
+    return f"asgi_hijack:{HIJACK_PROTOCOLS[parser]}"
 
 
 def raise_nofile(want: int = 0) -> int:

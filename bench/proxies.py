@@ -103,12 +103,13 @@ with other work on the machine, compare the ratios of one run rather than figure
 """
 
 
-def write(text: str, path: Path = DOCS) -> None:
+def write(text: str, path: Path = DOCS, markers: tuple[str, str] = (START, END)) -> None:
     """Replace the section between the markers, or append it."""
     document = path.read_text()
-    if START in document:
-        before, _, rest = document.partition(START)
-        document = before + text.rstrip("\n") + rest.partition(END)[2]
+    start, end = markers
+    if start in document:
+        before, _, rest = document.partition(start)
+        document = before + text.rstrip("\n") + rest.partition(end)[2]
     else:
         document = document.rstrip("\n") + "\n\n" + text
     path.write_text(document)

@@ -12,15 +12,18 @@ _METRICS = {
     "download": ": download",
     "cpu_us": ": server CPU per request (lower is better)",
     "gib_per_cpu_s": ": GiB relayed per proxy CPU-second",
+    "instructions": ": server instructions per request (callgrind; lower is better)",
 }
 
 
 @dataclass(frozen=True)
 class Goal:
-    """``ours / baseline >= threshold`` (``> `` if ``strict``); for delta rows ``ours - baseline <= threshold``."""
+    """``ours / baseline >= threshold`` (``> `` if ``strict``, ``<=`` if ``lower``); for delta rows
+    ``ours - baseline <= threshold``."""
 
     threshold: float
     strict: bool = False
+    lower: bool = False  # lower is better: a cost such as instructions per request
 
 
 @dataclass
@@ -67,6 +70,8 @@ class Row:
             return None
         if self.delta:
             return self.extra <= self.goal.threshold
+        if self.goal.lower:
+            return self.ratio <= self.goal.threshold
         return self.ratio > self.goal.threshold if self.goal.strict else self.ratio >= self.goal.threshold
 
     def verdict(self) -> str:
@@ -78,7 +83,7 @@ class Row:
         assert self.goal is not None
         if self.delta:
             return f"MISSED by {self.extra - self.goal.threshold:.2f} {self.unit}"
-        return f"MISSED by {self.goal.threshold - self.ratio:.3f}"
+        return f"MISSED by {abs(self.goal.threshold - self.ratio):.3f}"
 
     def goal_text(self) -> str:
         """Human-readable goal, ``—`` without one."""
@@ -86,7 +91,7 @@ class Row:
             return "—"
         if self.delta:
             return f"≤ +{self.goal.threshold:g} {self.unit}"
-        return f"{'>' if self.goal.strict else '≥'} {self.goal.threshold:g}"
+        return f"{'≤' if self.goal.lower else '>' if self.goal.strict else '≥'} {self.goal.threshold:g}"
 
 
 def fmt(value: float) -> str:

@@ -10,10 +10,16 @@ frames, close codes), reporting a violation as a close event with the code to se
 hijacked connection and chooses the answers. It passes the Autobahn test suite
 (``make conformance``, docs/conformance.md).
 
-Run (``--ws none`` lets the upgrade request reach the app as plain HTTP)::
+Over HTTP/2 (RFC 8441) the same code runs on the request's stream: an extended CONNECT
+with ``:protocol: websocket`` is answered ``200`` with :func:`asgi_hijack.tunnel`, and the
+frames are the stream's bytes (wsproto's post-handshake ``Connection``).
+
+Run (``--ws none`` lets the upgrade request reach the app as plain HTTP; the zttp class
+adds HTTP/2 on the same port)::
 
     python examples/websocket_by_hand.py [PORT]       # 127.0.0.1:8000
     uvicorn examples.websocket_by_hand:app --http asgi_hijack:HijackProtocol --ws none
+    uvicorn examples.websocket_by_hand:app --http asgi_hijack:ZttpHijackProtocol --ws none
 
 Try it::
 
@@ -42,12 +48,13 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import AcceptConnection, CloseConnection, Event, Message, Ping, Pong, TextMessage
 from wsproto.extensions import PerMessageDeflate
+from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import RemoteProtocolError
 
-from asgi_hijack import HijackedConnection, hijack
+from asgi_hijack import HijackedConnection, Tunnel, hijack, tunnel
 from asgi_hijack.starlette import Hijacked
 
 SERVER_PING = b"server ping"
@@ -82,8 +89,8 @@ def answers(ws: WSConnection, event: Event) -> list[Event]:
     return []
 
 
-async def serve_websocket(ws: WSConnection, conn: HijackedConnection) -> None:
-    """Move bytes between the connection and wsproto until the WebSocket is closed."""
+async def serve_websocket(ws: WSConnection | Connection, conn: HijackedConnection | Tunnel) -> None:
+    """Move bytes between the connection (or HTTP/2 stream) and wsproto until the WebSocket is closed."""
     async with conn:
         with anyio.CancelScope() as scope, contextlib.suppress(ConnectionError):
 
@@ -105,6 +112,8 @@ async def serve_websocket(ws: WSConnection, conn: HijackedConnection) -> None:
 
 
 async def websocket_endpoint(request: Request) -> Response:
+    if request.scope["http_version"] == "2":
+        return await websocket_over_http2(request)
     ws = WSConnection(ConnectionType.SERVER)
     try:
         ws.receive_data(request_head(request))
@@ -119,13 +128,36 @@ async def websocket_endpoint(request: Request) -> Response:
     return Hijacked()
 
 
+async def websocket_over_http2(request: Request) -> Response:
+    """RFC 8441: an extended CONNECT with ``:protocol: websocket`` is answered ``200`` (there is no
+    key to accept), and its stream carries the frames: ``tunnel()`` hands it over."""
+    if tunnel_protocol(request) != "websocket" or request.headers.get("sec-websocket-version") != "13":
+        headers = {"Sec-WebSocket-Version": "13"}
+        return PlainTextResponse("You need a WebSocket client (RFC 8441 over HTTP/2) to connect here.\n", 400, headers)
+    offers = [offer for value in request.headers.getlist("sec-websocket-extensions") for offer in value.split(",")]
+    deflate = PerMessageDeflate()
+    accepted = server_extensions_handshake([offer.strip() for offer in offers], [deflate])
+    stream = await tunnel(request, headers=[(b"sec-websocket-extensions", accepted)] if accepted else [])
+    await serve_websocket(Connection(ConnectionType.SERVER, [deflate] if accepted else []), stream)
+    return Hijacked()
+
+
+def tunnel_protocol(request: Request) -> str | None:
+    """The ``:protocol`` of an HTTP/2 extended CONNECT (the ``http.tunnel`` extension), else None."""
+    extension = request.scope.get("extensions", {}).get("http.tunnel") or {}
+    protocol: str | None = extension.get("protocol")
+    return protocol
+
+
 async def needs_ws_none(websocket: WebSocket) -> None:
     """Reached only when uvicorn did the handshake itself: say how to run this example."""
     await websocket.accept()
     await websocket.close(1011, "run uvicorn with --ws none: this app speaks WebSocket itself")
 
 
-app = Starlette(routes=[Route("/ws", websocket_endpoint), WebSocketRoute("/ws", needs_ws_none)])
+app = Starlette(
+    routes=[Route("/ws", websocket_endpoint, methods=["GET", "CONNECT"]), WebSocketRoute("/ws", needs_ws_none)]
+)
 
 if __name__ == "__main__":
     from asgi_hijack import HijackProtocol  # a class: uvicorn before 0.36 takes no import string

@@ -8,7 +8,9 @@ import os
 from typing import Any
 from urllib.parse import parse_qs
 
-from asgi_hijack import HijackedConnection, HijackError, hijack
+import anyio
+
+from asgi_hijack import HijackedConnection, HijackError, HijackNotSupported, hijack, tunnel, tunnel_supported
 
 RESULTS: dict[str, Any] = {}
 """Keyed by the request's ``id`` query parameter; read by the tests (same process)."""
@@ -204,3 +206,112 @@ async def probe_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             RESULTS[key] = exc
     else:
         await respond(send, 404, b"not found")
+
+
+def _proxy_fields(proxy: Any) -> dict[str, Any] | None:
+    if proxy is None:
+        return None
+    fields = ("version", "command", "source", "destination", "peer", "authority")
+    return {name: getattr(proxy, name) for name in fields} | {
+        "alpn": None if proxy.alpn is None else proxy.alpn.decode("latin-1")
+    }
+
+
+async def whoami_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A JSON report of who the server says the client is (the PROXY protocol tests).
+
+    ``client`` (``scope["client"]``), ``proxy`` (the ``http.connection`` extension's header),
+    ``pid`` and ``http_version``. ``/hijack``: hijack with a ``101`` head, write the report on a
+    line with ``conn_client`` and ``info_client`` added, then :func:`echo` until the client
+    half-closes.
+    """
+    if scope["type"] != "http":
+        return
+    connection = scope["extensions"].get("http.connection", {}) if "extensions" in scope else {}
+    report = {
+        "client": scope["client"],
+        "proxy": _proxy_fields(connection.get("proxy")),
+        "pid": os.getpid(),
+        "http_version": scope["http_version"],
+    }
+    if scope["path"] != "/hijack":
+        await respond(send, 200, json.dumps(report).encode())
+        return
+    conn = await hijack(scope, receive, send, status=101, headers=UPGRADE_HEADERS)
+    report |= {
+        "conn_client": conn.client,
+        "info_client": conn.info and conn.info.client,
+        "socket_peer": conn.socket.getpeername()[:2],  # the TCP peer: the balancer
+    }
+    conn.writer.write(json.dumps(report).encode() + b"\n")
+    await echo(conn)
+
+
+async def tunnel_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``tunnel()`` on HTTP/1.1 and HTTP/2 (``tests/test_tunnel*.py``). Each tunnel first says
+    ``protocol=... version=...``; the path picks the rest (a CONNECT authority is ``/echo``):
+
+    ``/echo``: read to EOF, answer ``LENGTH:REVERSED`` and half-close. ``/stream``: echo as bytes
+    come, half-close at EOF. ``/deadline``: a read deadline passes, then a line is echoed.
+    ``/shutdown``: ``bye`` at the shutdown notice. ``/close``: close at once. ``/stall``: never
+    read. ``/record?id=``: read to the end, put the outcome in ``RESULTS``. Other requests
+    (a GET without Upgrade) get ``400`` with the error; ``x-status`` sets the status.
+    """
+    if scope["type"] != "http":
+        return
+    status = dict(scope["headers"]).get(b"x-status")
+    supported = tunnel_supported(scope)
+    try:
+        t = await tunnel(scope, receive, send, status=int(status) if status else None)
+    except (HijackNotSupported, ValueError) as exc:
+        await respond(send, 400, f"{type(exc).__name__} supported={supported}: {exc}".encode())
+        return
+    do = scope["path"] if scope["path"].startswith("/") else "/echo"
+    async with t:
+        await t.send(b"protocol=%s version=%s\n" % (str(t.protocol).encode(), t.http_version.encode()))
+        if do == "/echo":  # the anyio face
+            received = b""
+            try:
+                while True:
+                    received += await t.receive()
+            except anyio.EndOfStream:
+                await t.send(b"%d:%s" % (len(received), received[::-1]))
+                await t.send_eof()
+                assert await t.reader.read() == b""
+        elif do == "/stream":  # the asyncio face
+            while data := await t.reader.read(65536):
+                t.writer.write(data)
+                await t.writer.drain()
+            t.writer.write_eof()
+            await t.wait_closed()
+        elif do == "/deadline":  # the client sends nothing until told
+            t.set_read_deadline(asyncio.get_running_loop().time() + 0.1)
+            try:
+                await t.reader.read(1)
+            except TimeoutError as exc:
+                t.set_read_deadline(None)
+                await t.send(f"{exc}\n".encode())
+                await t.send(b"now " + await t.reader.readline())
+        elif do == "/shutdown":
+            await t.send(b"waiting\n")
+            RESULTS["shutdown-waiting"] = t.http_version
+            await t.shutdown_requested.wait()
+            await t.send(b"bye\n")
+        elif do == "/stall":
+            await t.wait_closed()
+        elif do == "/record":
+            key = parse_qs(scope["query_string"].decode())["id"][0]
+            try:
+                while True:
+                    await t.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+                RESULTS[key] = exc
+
+
+async def download_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``/plain``: ``200 ok`` (for ``ServerProcess``); anything else: :func:`bench.apps.download` (``?mib=N``)."""
+    from bench.apps import download
+
+    if scope["type"] == "http" and scope["path"] == "/plain":
+        return await respond(send, 200, b"ok")
+    await download(scope, receive, send)

@@ -2,14 +2,16 @@
 
 * Parsers: :data:`PARSERS` lists the parsers the installed uvicorn offers; tests that need
   zttp (HTTP/2, its protocol classes) carry :data:`requires_zttp`.
-* Clients: :func:`connect` and the ``recv_*`` readers, :func:`parse_responses`, :func:`curl`.
+* Clients: :func:`connect` and the ``recv_*`` readers, :func:`parse_responses`, :func:`curl`,
+  :func:`proxy_header` (what an L4 balancer writes first).
 * Servers: :class:`ServerProcess` (uvicorn in a process of its own, whose descriptors can be
   counted: ``python -m tests.helpers``), :func:`free_port`, :func:`make_certificate`.
 * Observation: :func:`server_errors`, :func:`open_fds`, :func:`wait_until`, and :func:`record`
   for figures the soak report shows.
 * Load: :func:`echo_load`, many hijacked connections with every byte checked.
 * Reverse proxies: :class:`ReverseProxy`, the real nginx or HAProxy with the configurations of
-  ``examples/deploy/`` (``tests/test_deploy_proxies.py``, ``python -m bench.proxies``).
+  ``examples/deploy/`` (``tests/test_deploy_proxies.py``, ``python -m bench.proxies``), and
+  :class:`Balancer`, HAProxy sending the PROXY protocol to two servers.
 
 ASGI apps live in :mod:`tests.apps`; ``conftest.py`` holds fixtures only.
 """
@@ -305,6 +307,29 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
     return key_path, cert_path
 
 
+def proxy_header(
+    version: int,
+    source: tuple[str, int] | None = None,
+    destination: tuple[str, int] = ("192.0.2.1", 443),
+    *,
+    tlvs: Sequence[tuple[int, bytes]] = (),
+) -> bytes:
+    """A PROXY protocol header as a balancer writes it: ``source`` None is LOCAL (v2) or UNKNOWN (v1)."""
+    if version == 1:
+        if source is None:
+            return b"PROXY UNKNOWN\r\n"
+        tcp = "TCP4" if ipaddress.ip_address(source[0]).version == 4 else "TCP6"
+        return f"PROXY {tcp} {source[0]} {destination[0]} {source[1]} {destination[1]}\r\n".encode()
+    block, family = b"", 0x00
+    if source is not None:
+        src, dst = ipaddress.ip_address(source[0]), ipaddress.ip_address(destination[0])
+        family = 0x11 if src.version == 4 else 0x21
+        block = src.packed + dst.packed + struct.pack("!HH", source[1], destination[1])
+    block += b"".join(struct.pack("!BH", kind, len(value)) + value for kind, value in tlvs)
+    command = 0x21 if source is not None else 0x20
+    return b"\r\n\r\n\x00\r\nQUIT\n" + struct.pack("!BBH", command, family, len(block)) + block
+
+
 # -- observation ---------------------------------------------------------------------------------
 
 SERVER_LOGGERS = ("uvicorn.error", "asyncio")
@@ -406,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--loop", default="asyncio")
     parser.add_argument("--grace", type=float, default=None, help="--timeout-graceful-shutdown")
     args = parser.parse_args(argv)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY, as uvicorn's own
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(
@@ -786,7 +811,7 @@ class ReverseProxy:
     directory, with the pid, log and temporary files. The proxy is a foreground process, as
     ``nobody`` when we are root. ``proxy.ports["http"]`` is its HTTP frontend, ``proxy.ports["tcp"]``
     its TCP relay. ``edit = (old, new)`` changes the HTTP configuration. On exit the proxy is
-    stopped, and its log must show no error or warning of its own.
+    stopped, and its log must show no error or warning of its own but those in ``expected``.
     """
 
     def __init__(self, kind: str, upstream: int, edit: tuple[str, str] | None = None) -> None:
@@ -798,6 +823,8 @@ class ReverseProxy:
         self.folder = Path(tempfile.mkdtemp(prefix=f"asgi-hijack-{kind}-"))
         self.log = self.folder / "error.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.expected: list[str] = []
+        """Warnings a test causes on purpose (parts of the log lines), not counted as problems."""
 
     def _command(self) -> list[str]:
         folder, upstream, http, tcp = self.folder, self.upstream, self.ports["http"], self.ports["tcp"]
@@ -866,7 +893,42 @@ class ReverseProxy:
         log = self.log.read_text(errors="replace")
         shutil.rmtree(self.folder, ignore_errors=True)
         if exc_type is None:
-            assert not _PROXY_PROBLEMS.search(log), f"{self.kind} logged a problem:\n{log}"
+            problems = [line for line in log.splitlines() if not any(ok in line for ok in self.expected)]
+            assert not _PROXY_PROBLEMS.search("\n".join(problems)), f"{self.kind} logged a problem:\n{log}"
+
+
+class Balancer(ReverseProxy):
+    """HAProxy in ``mode tcp`` with ``examples/deploy/haproxy-proxy-protocol.cfg`` in front of two servers.
+
+    ``ports["v2"]`` sends PROXY v2 to ``upstreams``, ``ports["v1"]`` v1. Health checks ask for
+    ``health``; with ``source``, HAProxy connects to the servers from that address.
+    """
+
+    def __init__(self, upstreams: tuple[int, int], health: str = "/healthz", source: str | None = None) -> None:
+        super().__init__("haproxy", upstreams[0], ("uri /healthz ", f"uri {health} "))
+        self.upstreams, self.source = upstreams, source
+        self.ports = {"v2": free_port(), "v1": free_port()}
+
+    def _command(self) -> list[str]:
+        ports = {DEPLOY_UPSTREAM: self.upstreams[0], DEPLOY_UPSTREAM + 1: self.upstreams[1]}
+        ports |= {DEPLOY_HTTP: self.ports["v2"], DEPLOY_TCP: self.ports["v1"]}
+        config = deploy_config("haproxy-proxy-protocol.cfg", ports, self.edit)
+        if self.source is not None:
+            config = config.replace("    mode tcp\n", f"    mode tcp\n    source {self.source}\n", 1)
+        admin = f"    stats socket {self.folder / 'admin.sock'} mode 600 level admin\n"
+        (self.folder / "haproxy.cfg").write_text("global\n    maxconn 1024\n" + admin + "\n" + config)
+        return [self.binary, "-db", "-f", str(self.folder / "haproxy.cfg")]
+
+    def admin(self, command: str) -> str:
+        """Run ``command`` on HAProxy's admin socket (``set server asgi_hijack_v2/app1 state drain``).
+
+        The warnings a drain logs are expected."""
+        self.expected += ["enters drain state", "(leaving forced drain)"]
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.folder / "admin.sock"))
+            sock.sendall(command.encode() + b"\n")
+            return recv_all(sock).decode()
 
 
 def with_settings(parser: str, **settings: object) -> type[asyncio.Protocol]:
@@ -874,3 +936,119 @@ def with_settings(parser: str, **settings: object) -> type[asyncio.Protocol]:
     base = protocol_class(parser)
     protocol: type[asyncio.Protocol] = type(f"My{base.__name__}", (base,), settings)
     return protocol
+
+
+# -- HTTP/2 at the frame level ---------------------------------------------------------------------
+
+
+class H2Client:
+    """A blocking HTTP/2 client (the ``h2`` package) on a real socket: every frame is the test's to see.
+
+    ``ack`` credits received DATA back at once (WINDOW_UPDATE); with ``ack=False`` the client is a
+    reader that never reads, and the server's send window stays as it was.
+    """
+
+    def __init__(self, address: tuple[str, int], *, ack: bool = True, timeout: float = 10.0) -> None:
+        import h2.config
+        import h2.connection
+
+        self.sock = connect(address, timeout)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.conn.initiate_connection()
+        self.ack = ack
+        self.timeout = timeout
+        self.events: list[Any] = []
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def request(self, method: str, path: str = "/", *, protocol: str | None = None, end_stream: bool = True) -> int:
+        """Send a request's HEADERS; returns its stream id."""
+        stream_id: int = self.conn.get_next_available_stream_id()
+        head = [(b":method", method.encode())]
+        if protocol is not None:
+            head.append((b":protocol", protocol.encode()))
+        head += [(b":scheme", b"http"), (b":path", path.encode()), (b":authority", b"127.0.0.1")]
+        self.conn.send_headers(stream_id, head, end_stream=end_stream)
+        self.flush()
+        return stream_id
+
+    def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Send ``data`` as DATA frames, waiting for window as needed; stops if the stream is reset."""
+        import h2.exceptions
+
+        view = memoryview(data)
+        while True:
+            if any(type(e).__name__ == "StreamReset" and e.stream_id == stream_id for e in self.events):
+                return
+            try:
+                window = self.conn.local_flow_control_window(stream_id)
+            except h2.exceptions.StreamClosedError:
+                return
+            size = min(len(view), window, self.conn.max_outbound_frame_size)
+            if size or not view:
+                self.conn.send_data(stream_id, bytes(view[:size]), end_stream=end_stream and size == len(view))
+                self.flush()
+                view = view[size:]
+                if not view:
+                    return
+            else:
+                seen = len(self.events)
+                self.wait(lambda _: len(self.events) > seen)  # noqa: B023 -- called before seen changes
+
+    def wait(self, until: Callable[[Any], bool], timeout: float | None = None) -> Any:
+        """Read frames until an event satisfies ``until`` (one received earlier counts); returns it.
+
+        Every event is kept in :attr:`events`."""
+        import h2.events
+
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            for event in self.events:
+                if until(event):
+                    return event
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no awaited HTTP/2 event within {timeout or self.timeout} s: {self.events[-5:]!r}")
+            self.sock.settimeout(left)
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise ConnectionError(f"the server closed the connection: {self.events[-5:]!r}")
+            for event in self.conn.receive_data(data):
+                self.events.append(event)
+                if self.ack and isinstance(event, h2.events.DataReceived) and event.flow_controlled_length:
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            self.flush()
+
+    def raw_frames(self, until: Callable[[list[Any]], bool]) -> list[Any]:
+        """Frames from the socket, parsed by ``hyperframe`` alone (``h2`` refuses frames after a
+        GOAWAY), until ``until(frames)`` or the server closes."""
+        from hyperframe.frame import Frame
+
+        frames: list[Any] = []
+        raw = b""
+        self.sock.settimeout(self.timeout)
+        while not until(frames) and (chunk := self.sock.recv(65536)):
+            raw += chunk
+            while len(raw) >= 9:
+                frame, length = Frame.parse_frame_header(memoryview(raw[:9]))
+                if len(raw) < 9 + length:
+                    break
+                frame.parse_body(memoryview(raw[9 : 9 + length]))
+                frames.append(frame)
+                raw = raw[9 + length :]
+        return frames
+
+    def body(self, stream_id: int) -> bytes:
+        """The DATA received so far on ``stream_id``."""
+        return b"".join(e.data for e in self.events if type(e).__name__ == "DataReceived" and e.stream_id == stream_id)
+
+    def ended(self, stream_id: int) -> Callable[[Any], bool]:
+        """``until`` for the end of ``stream_id``: END_STREAM or RST_STREAM."""
+        return lambda e: type(e).__name__ in ("StreamEnded", "StreamReset") and e.stream_id == stream_id
+
+    def close(self) -> None:
+        self.sock.close()

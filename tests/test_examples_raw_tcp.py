@@ -103,8 +103,8 @@ class ExampleProcess:
         self.signalled = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
 
-    def assert_exits(self, within: float = EXIT_WITHIN) -> None:
-        """The server exits cleanly, with no error logged, within ``within`` seconds of :meth:`sigterm`.
+    def assert_exits(self, within: float = EXIT_WITHIN) -> str:
+        """The server exits cleanly, with no error logged, within ``within`` seconds of :meth:`sigterm`; its log.
 
         uvicorn 0.29 and later re-raise the signal once shut down, so the process ends by SIGTERM.
         """
@@ -115,6 +115,7 @@ class ExampleProcess:
         assert self.proc.stderr is not None
         log = self.proc.stderr.read().decode(errors="replace")
         assert code in (0, -signal.SIGTERM) and not any(problem in log for problem in STDERR_PROBLEMS), log
+        return log
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

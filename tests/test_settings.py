@@ -102,7 +102,17 @@ def test_conn_info_exposes_only_the_documented_identity(parser: str) -> None:
         data = recv_to_close(sock).data
     names, same_id = json.loads(data)
     assert same_id is True
-    assert names == ["client", "conn_state", "id", "peer_credentials", "request_index", "requests", "server", "state"]
+    assert names == [
+        "client",
+        "conn_state",
+        "id",
+        "peer_credentials",
+        "proxy",
+        "request_index",
+        "requests",
+        "server",
+        "state",
+    ]
 
 
 DRAIN_SERVER = textwrap.dedent(
