@@ -98,7 +98,7 @@ _NO_DEADLINE = _Deadline()  # shared until a deadline is set
 _READ_EXPIRED = "read deadline exceeded; move it with set_read_deadline() to continue"
 
 
-class _Reader(asyncio.StreamReader):
+class DeadlineReader(asyncio.StreamReader):
     """StreamReader with a read deadline, which also cuts a read already waiting when it is moved."""
 
     deadline = _NO_DEADLINE
@@ -154,7 +154,7 @@ class _Reader(asyncio.StreamReader):
         return await super().readuntil(separator)
 
 
-class _Writer(asyncio.StreamWriter):
+class DeadlineWriter(asyncio.StreamWriter):
     """StreamWriter with a write deadline: writes after it, and drains past it, fail."""
 
     deadline = _NO_DEADLINE
@@ -167,33 +167,15 @@ class _Writer(asyncio.StreamWriter):
         await self.deadline.wait("write", super().drain())
 
 
-def with_deadlines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Give any asyncio streams pair (an HTTP/2 tunnel's) the deadlines of a hijacked connection.
-
-    The reader becomes a :class:`_Reader` and the writer a :class:`_Writer` subclass of its own
-    class (both add methods only), so the semantics are the same code on HTTP/1.1 and HTTP/2.
-    """
-    if not isinstance(reader, _Reader):
-        reader.__class__ = _Reader
-    if not isinstance(writer, _Writer):
-        cls = type(writer)
-        if cls not in _DEADLINE_WRITERS:
-            _DEADLINE_WRITERS[cls] = type(f"Deadline{cls.__name__}", (_Writer, cls), {"__module__": __name__})
-        writer.__class__ = _DEADLINE_WRITERS[cls]
-
-
-_DEADLINE_WRITERS: dict[type[asyncio.StreamWriter], type[_Writer]] = {}
-
-
 def set_read_deadline(reader: asyncio.StreamReader, deadline: float | None) -> None:
-    """The read deadline of a reader from :class:`HijackedConnection` or :func:`with_deadlines`."""
-    assert isinstance(reader, _Reader), "call with_deadlines() first"
+    """The read deadline of a :class:`DeadlineReader` (a hijacked connection's, an HTTP/2 tunnel's)."""
+    assert isinstance(reader, DeadlineReader), "a reader without deadlines"
     reader.move_deadline(deadline)
 
 
 def set_write_deadline(writer: asyncio.StreamWriter, deadline: float | None) -> None:
-    """The write deadline of a writer from :class:`HijackedConnection` or :func:`with_deadlines`."""
-    assert isinstance(writer, _Writer), "call with_deadlines() first"
+    """The write deadline of a :class:`DeadlineWriter` (a hijacked connection's, an HTTP/2 tunnel's)."""
+    assert isinstance(writer, DeadlineWriter), "a writer without deadlines"
     if writer.deadline is _NO_DEADLINE:
         writer.deadline = _Deadline()
     writer.deadline.at = deadline
@@ -262,7 +244,7 @@ class HijackedConnection(ByteStream):
         self._shutdown = False
         self._shutdown_event: asyncio.Event | None = None
         self._shutdown_callbacks: list[Callable[[], object]] | None = None
-        reader = _Reader(limit=limit, loop=loop)
+        reader = DeadlineReader(limit=limit, loop=loop)
         protocol = _HijackedProtocol(
             reader,
             self,
@@ -277,7 +259,7 @@ class HijackedConnection(ByteStream):
             reader.feed_data(pending)
         if eof:
             reader.feed_eof()
-        writer = _Writer(transport, protocol, reader, loop)
+        writer = DeadlineWriter(transport, protocol, reader, loop)
         self.reader: asyncio.StreamReader = reader
         self.writer: asyncio.StreamWriter = writer
 

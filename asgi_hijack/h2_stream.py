@@ -31,6 +31,8 @@ from typing import Any, Protocol
 
 from zttp.error_codes import H2ErrorCode
 
+from .connection import DeadlineReader, DeadlineWriter
+
 __all__ = ["Channel", "H2Stream", "Host"]
 
 _EOF_CODES = (H2ErrorCode.NO_ERROR, H2ErrorCode.CANCEL)
@@ -98,7 +100,7 @@ class H2Stream:
         await asyncio.shield(self._channel.closed)
 
 
-class _Writer(asyncio.StreamWriter):
+class _StreamWriter(asyncio.StreamWriter):
     """``drain()`` waits for HTTP/2 window and the socket; ``wait_closed()`` for the stream's end."""
 
     _transport: Channel
@@ -108,6 +110,10 @@ class _Writer(asyncio.StreamWriter):
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._transport.closed)
+
+
+class _Writer(DeadlineWriter, _StreamWriter):
+    """The stream's writer, with the write deadline of a hijacked connection's (the same code)."""
 
 
 class Channel(asyncio.Transport):
@@ -129,7 +135,7 @@ class Channel(asyncio.Transport):
         self.closed: asyncio.Future[None] = loop.create_future()
         self.shutdown_requested = False
         self._shutdown_callbacks: list[Callable[[], Any]] = []
-        self.reader = asyncio.StreamReader(limit=max(buffer // 2, 1), loop=loop)
+        self.reader = DeadlineReader(limit=max(buffer // 2, 1), loop=loop)  # a hijacked connection's read deadline
         self.reader.set_transport(self)  # pause_reading(): over 2 * limit = buffer
         self.writer = _Writer(self, asyncio.Protocol(), self.reader, loop)
         self.stream = H2Stream(self, protocol)

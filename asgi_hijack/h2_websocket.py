@@ -50,6 +50,8 @@ from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError, split_comma_header
 
+from .tunnel import EXTENSION as TUNNEL
+
 __all__ = ["CLOSE_TIMEOUT", "Options", "serve_websocket", "websocket_scope"]
 
 ASGIMessage = MutableMapping[str, Any]
@@ -228,7 +230,7 @@ class Session:
             extensions = []
         headers.extend(message.get("headers", []))
         await self.http_send({"type": "http.tunnel.accept", "status": 200, "headers": headers})
-        stream = self.http_scope["extensions"]["http.tunnel"]["stream"]
+        stream = self.http_scope["extensions"][TUNNEL]["stream"]
         self.reader, self.writer = stream.reader, stream.writer
         self.conn = Connection(ConnectionType.SERVER, extensions)
         self.state = State.OPEN

@@ -96,7 +96,8 @@ class HijackSettings:
         super().__init_subclass__(**kwargs)
         own = vars(cls)
         if isinstance(own.get("proxy_protocol", ""), str) and isinstance(own.get("proxy_trusted", ""), (str, tuple)):
-            # A server wrapper's settings are checked when its class is made, not per connection.
+            # A server wrapper's settings are checked when its class is made, not per connection
+            # (the classes ZttpHijackProtocol makes per subclass forward them as properties: skipped).
             proxy_protocol.validate(cls.proxy_protocol, cls.proxy_trusted, cls.__qualname__)
 
 

@@ -39,7 +39,7 @@ from .api import (
     hijack_supported,
     scope_and_send,
 )
-from .connection import receive_from, send_to, set_read_deadline, set_write_deadline, with_deadlines
+from .connection import receive_from, send_to, set_read_deadline, set_write_deadline
 from .errors import AlreadyHijackedError, TunnelNotSupported
 
 __all__ = ["EXTENSION", "Tunnel", "tunnel", "tunnel_supported"]
@@ -170,7 +170,6 @@ class _H2Tunnel:
 
     def __init__(self, stream: _H2StreamLike) -> None:
         self._h2 = stream
-        with_deadlines(stream.reader, stream.writer)  # the same deadline code as on HTTP/1.1
         self.reader = stream.reader
         self.writer = stream.writer
         self._closed = False

@@ -54,11 +54,9 @@ from .h2_stream import Channel, H2Stream
 from .h2_websocket import Options as WebSocketOptions
 from .h2_websocket import serve_websocket
 from .settings import HijackSettings
+from .tunnel import EXTENSION as TUNNEL  # the ASGI extension of CONNECT and extended CONNECT requests
 
 __all__ = ["TUNNEL", "ZttpH2HijackProtocol"]
-
-TUNNEL = "http.tunnel"
-"""The ASGI extension of CONNECT and extended CONNECT requests (see docs/spec.md)."""
 
 
 def _refuse(send: ASGISendCallable, exc: HijackNotSupported) -> bool:
@@ -397,7 +395,9 @@ class ZttpH2HijackProtocol(ZttpH2Protocol):
             self._arm_drain_timer()
 
     def _arm_drain_timer(self) -> None:
-        grace = self.config.timeout_graceful_shutdown or self.drain_timeout
+        grace: float | None = self.config.timeout_graceful_shutdown
+        if grace is None:  # as for hijacked connections: uvicorn's setting first, then ours
+            grace = self.drain_timeout
         if grace is not None and self._drain_timer is None and not self.transport.is_closing():
             self._drain_timer = self.loop.call_later(grace, self._drain_expired)
 
