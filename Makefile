@@ -77,21 +77,32 @@ test-matrix: venv system-deps
 	$(PYTHON) -m tools.matrix run --uv "$(UV)" --output docs/compat.json $(MATRIX_ARGS); \
 		status=$$?; $(PYTHON) -m tools.matrix table && exit $$status
 
-# CI's share of the matrix: the oldest and the newest uvicorn, one at a time; writes no file.
+# CI's share of the matrix: the oldest and the newest uvicorn, one at a time; writes no file. The oldest runs the
+# pure-Python fallback of the compiled hot path (ASGI_HIJACK_NO_EXTENSIONS, at build and at run time).
 test-matrix-ci: venv system-deps
-	$(PYTHON) -m tools.matrix run --uv "$(UV)" --jobs 1 --python 3.11 --uvicorn 0.30.6
+	ASGI_HIJACK_NO_EXTENSIONS=1 $(PYTHON) -m tools.matrix run --uv "$(UV)" --jobs 1 --python 3.11 --uvicorn 0.30.6
 	$(PYTHON) -m tools.matrix run --uv "$(UV)" --jobs 1 --python 3.13 --uvicorn 0.54.0
 
 # The README's compatibility table, from docs/compat.json.
 compat-table: venv
 	$(PYTHON) -m tools.matrix table
 
-# The sdist and the wheel in dist/, checked by twine, and the sdist checked to hold every tracked file.
+# The sdist and the wheels in dist/, checked by twine, and the sdist checked to hold every tracked file. One wheel
+# per interpreter (BASE_PYTHON's, and WHEEL_PYTHONS: pyenv's 3.12 and 3.13 when there) with the compiled hot path
+# (setup.py), and the pure-Python wheel (py3-none-any) that pip falls back to where no binary wheel fits.
+PYENV_ROOT ?= $(HOME)/.pyenv
+WHEEL_PYTHONS ?= $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.12.*/bin/python3))) \
+	$(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.13.*/bin/python3)))
+
 dist: venv
-	rm -rf dist
+	rm -rf dist build
 	$(PYTHON) -m build --quiet --outdir dist .
+	@for python in $(WHEEL_PYTHONS); do $(UV) build --quiet --wheel --python $$python --out-dir dist . || exit 1; done
+	rm -rf build
+	ASGI_HIJACK_NO_EXTENSIONS=1 $(UV) build --quiet --wheel --python "$(INTERPRETER)" --out-dir dist .
 	$(PYTHON) -m twine check --strict dist/*
 	$(PYTHON) -m tools.check_sdist dist/*.tar.gz
+	@ls dist
 
 # Every comparison of docs/benchmarks.md (about 20 minutes on 2 cores); rewrites docs/benchmarks.md and
 # docs/benchmarks.png, exits non-zero when a goal is missed. Needs wrk, go, node, pproxy and valgrind (see bench/run.py).

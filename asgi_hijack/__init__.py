@@ -46,6 +46,7 @@ __all__ = [
     "Tunnel",
     "TunnelNotSupported",
     "ZttpHijackProtocol",
+    "compiled",
     "hijack",
     "hijack_supported",
     "tunnel",
@@ -75,6 +76,10 @@ def __getattr__(name: str) -> Any:
         from .zttp_auto import ZttpHijackProtocol
 
         return ZttpHijackProtocol
+    if name == "compiled":  # True if the server's per-request path runs as a C extension (README, Compiled)
+        from ._native import compiled
+
+        return compiled
     if name == "HijackProtocol":
         try:
             from .httptools_protocol import HttpToolsHijackProtocol

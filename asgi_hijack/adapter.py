@@ -115,7 +115,7 @@ class Cycle(Protocol):
     logger: logging.Logger
     message_event: MessageEvent
     on_response: Callable[[], None]
-    body: bytearray  # request body received, not yet returned by receive()
+    body: bytes | bytearray  # request body received, not yet returned by receive() (which leaves b"")
     more_body: bool  # the request body has not ended
     disconnected: bool
     keep_alive: bool
@@ -249,8 +249,8 @@ _hijacked_logs: dict[logging.Logger, _HijackedLog] = {}
 """One adapter per logger (uvicorn's ``uvicorn.error``), shared by every hijacked cycle."""
 
 
-def release(cycle: Cycle) -> None:
-    """Detach a hijacked request cycle from the server, deterministically.
+def release(cycle: Cycle, protocol: Any) -> None:
+    """Detach a hijacked request cycle and its protocol from the server, deterministically.
 
     The app's ``receive``/``send`` keep the cycle alive for as long as the app runs:
     ``disconnected`` makes uvicorn's code on it a no-op (``receive`` returns
@@ -258,11 +258,16 @@ def release(cycle: Cycle) -> None:
     protocol, its parser and its flow control be freed. ``response_started`` makes
     ``run_asgi`` close the connection if the app raises (instead of a 500 that would be
     dropped): a hijacked connection never outlives an app that failed.
+
+    The protocol gets no ``connection_lost``, where uvicorn's httptools class drops its
+    ``parser`` (which holds the protocol's callbacks: a reference cycle). It is dropped
+    here, so that reference counting frees the protocol and the garbage collector has
+    no cycle to find per hijack.
     """
     cycle.disconnected = True
     cycle.response_started = True
     cycle.waiting_for_100_continue = False
-    cycle.body = bytearray()
+    cycle.body = b""
     cycle.message_event.set()  # wake a receive() in progress: it returns http.disconnect
     cycle.message_event = _DETACHED
     cycle.on_response = _noop
@@ -274,6 +279,8 @@ def release(cycle: Cycle) -> None:
         cycle.logger = _hijacked_logs[logger]  # type: ignore[assignment]
     if hasattr(cycle, "conn"):  # the h11 / zttp connection state machine
         cycle.conn = None
+    if hasattr(protocol, "parser"):  # httptools_impl: HttpRequestParser(self)
+        protocol.parser = None
 
 
 # -- zttp's HTTP/2 protocol (uvicorn 0.51+: ``zttp_h2_impl.py``) ----------------------------

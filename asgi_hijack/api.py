@@ -42,24 +42,31 @@ _USAGE = (
 )
 
 
+_SCOPE_TYPES = (dict, MutableMapping)
+"""dict first: ``isinstance`` against the ABC runs Python code each time for a registered class such as dict."""
+
+
 def scope_and_send(scope: Any, receive: Any, send: Any, caller: str = "hijack") -> tuple[Scope, Send]:
     """The scope and send of ``hijack()``'s (or ``tunnel()``'s) arguments, or a TypeError that says what to pass."""
-    if receive is None and send is None:  # a request object (Starlette's is also a Mapping)
-        request, scope = scope, getattr(scope, "scope", None)
-        receive = getattr(request, "receive", None)
-        send = getattr(request, "_send", None) or getattr(request, "send", None)
-        what = f"a {type(request).__module__}.{type(request).__qualname__} and no receive or send"
-    else:
-        what = f"({type(scope).__name__}, {type(receive).__name__}, {type(send).__name__})"
-    if not (isinstance(scope, MutableMapping) and callable(receive) and callable(send)):
+    request = receive is None and send is None  # a request object (Starlette's is also a Mapping)
+    given = scope
+    if request:
+        scope = getattr(given, "scope", None)
+        receive = getattr(given, "receive", None)
+        send = getattr(given, "_send", None) or getattr(given, "send", None)
+    if not (isinstance(scope, _SCOPE_TYPES) and callable(receive) and callable(send)):
+        if request:
+            what = f"a {type(given).__module__}.{type(given).__qualname__} and no receive or send"
+        else:
+            what = f"({type(scope).__name__}, {type(receive).__name__}, {type(send).__name__})"
         raise TypeError(f"{caller}() got {what}: {_USAGE.replace('hijack(', caller + '(')}.")
     return scope, send
 
 
 _BLOCKING_MIDDLEWARE = ("starlette.middleware.base", "BaseHTTPMiddleware.")
 """Where the closures of Starlette's BaseHTTPMiddleware live: its ``send`` is one of them."""
-_SERVER_MODULE = "asgi_hijack.core"
-"""The module of the server's own ``send``: the chain ends there."""
+_SERVER_MODULES = ("asgi_hijack.core", "asgi_hijack._hot")
+"""Modules that define the server's own ``send`` wrapper: the chain ends there."""
 _CALLABLES = (types.FunctionType, types.MethodType, functools.partial)
 
 
@@ -86,12 +93,14 @@ def _send_chain(send: object, limit: int = 100) -> Iterator[object]:
         if id(current) not in seen:
             seen.add(id(current))
             yield current
-            if getattr(current, "__module__", None) != _SERVER_MODULE:
+            if getattr(current, "__module__", None) not in _SERVER_MODULES:
                 queue.extend(_wrapped(current))
 
 
 def _base_http_middleware(send: Send) -> bool:
     """True if a Starlette ``BaseHTTPMiddleware`` is anywhere between this ``send`` and the server."""
+    if getattr(send, "__module__", None) in _SERVER_MODULES:  # the server's own: nothing in between
+        return False
     module, prefix = _BLOCKING_MIDDLEWARE
     return any(
         getattr(item, "__module__", None) == module and getattr(item, "__qualname__", "").startswith(prefix)

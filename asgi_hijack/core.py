@@ -8,7 +8,7 @@ validate everything they are fed; the framer only decides how much to feed. Ever
 core touches of uvicorn is declared in :mod:`asgi_hijack.adapter`.
 
 Cost: a data chunk that is exactly one request head (the common keep-alive GET) takes a
-fast path of one ``bytes.partition`` (plus a bare-LF count on h11, which accepts bare LF) and
+fast path of one ``bytes.partition`` (plus a bare-LF check on h11, which accepts bare LF) and
 bypasses the framer, which is brought up to date only when the connection leaves that path.
 """
 
@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from types import MethodType
 from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from . import adapter
+from ._native import hot
 from .api import EXTENSION
 from .connection import HijackedConnection
 from .errors import (
@@ -48,7 +48,7 @@ from .framing import (
     body_length,
 )
 from .head import build_head, build_rejection
-from .lifecycle import CONNECTION_EXTENSION, ConnState, ConnStateHook, Lifecycle, registered_hooks
+from .lifecycle import ConnState, registered_hooks
 from .proxy_protocol import intercept, refuse_tls
 from .settings import HEAD_TIMEOUT, HijackSettings
 
@@ -66,68 +66,11 @@ _FAST_PATH_FRAMER = Framer()
 keep-alive connection). It is never used: leaving the fast path gives a connection a new framer."""
 
 
-class _Connection(Lifecycle):
-    """Per-connection state of the core, and the app entry point of the connection.
-
-    Everything lives in this one object behind one attribute, which keeps uvicorn's
-    protocol instances within CPython's key-sharing dict limit (a larger instance dict
-    costs memory and speed).
-    """
-
-    __slots__ = ("app", "busy", "framer", "strict_lf", "timer", "upgrade")
-
-    def __init__(self, hooks: tuple[ConnStateHook, ...], app: Any, strict_lf: bool) -> None:
-        super().__init__(hooks)
-        self.app = app
-        self.busy = False  # off the fast path: the framer is up to date
-        self.framer = _FAST_PATH_FRAMER
-        self.timer: asyncio.TimerHandle | None = None  # the head timeout, while a head is awaited
-        self.upgrade = False  # the parser reported a non-WebSocket upgrade
-        self.strict_lf = strict_lf  # the parser rejects bare LF (see HijackServerMixin._hj_strict_lf)
-
-    def enter(self, scope: dict[str, Any], receive: Any, send: Send) -> Awaitable[None]:
-        """The app as uvicorn calls it: advertise the extensions, give it a ``send`` that can hijack.
-
-        Returns the app's coroutine (no extra frame per request); uvicorn's own sends (its
-        500 page) do not go through the wrapper. ``http.connection`` is the connection's one
-        view, updated here: requests on a connection never overlap. The wrapper is a bound
-        method, not a new closure per request (a function and two cells less to make).
-        """
-        ext: dict[str, Any] = {}
-        info = self.info
-        index = info.request_index = info._started
-        info._started = index + 1
-        view = self.extension
-        view["request_index"] = index
-        scope["extensions"] = {EXTENSION: ext, CONNECTION_EXTENSION: view}
-        if self.hooks:
-            self.set(ConnState.ACTIVE)
-            cycle = adapter.cycle_of(send)
-            owner = adapter.handled_by(cycle)  # the protocol (no reference kept: it may be hijacked)
-            if isinstance(owner, HijackServerMixin):
-                cycle.on_response = owner._hj_on_response
-        result: Awaitable[None] = self.app(scope, receive, MethodType(_send_or_hijack, (send, ext)))
-        return result
+_Connection = hot.Connection
 
 
-def _send_or_hijack(request: tuple[Send, dict[str, Any]], message: Message) -> Awaitable[None]:
-    """The app's ``send``, bound to uvicorn's ``send`` and the request's ``http.hijack`` extension."""
-    send, ext = request
-    if ext:
-        return _special_send(send, ext, message)
-    kind = message["type"]
-    if kind == "http.response.body":  # the most frequent message: checked first
-        return send(message)
-    if kind == EXTENSION:
-        return _special_send(send, ext, message)
-    if message.get("status") == 101:
-        # A 101 sent without hijacking switches protocols with nobody to own the
-        # connection: close it after the response, never parse what follows as HTTP.
-        adapter.cycle_of(send).keep_alive = False
-    return send(message)
-
-
-async def _special_send(send: Send, ext: dict[str, Any], message: Message) -> None:
+async def special_send(send: Send, ext: dict[str, Any], message: Message) -> None:
+    """The app sent ``http.hijack``, or anything after a hijack (from :func:`asgi_hijack._hot.send_or_hijack`)."""
     if "connection" in ext:
         raise AlreadyHijackedError(
             f"{message['type']!r} sent after the connection was hijacked: the server no longer "
@@ -165,6 +108,7 @@ class HijackServerMixin(HijackSettings):
         flow: Any  # adapter.FlowControl
         transport: asyncio.Transport
         connections: set[Any]
+        server: Any  # uvicorn's local address of the connection: (host, port), (path, None) or None
         server_state: Any  # adapter.ServerState
         logger: Any
         access_log: bool
@@ -181,8 +125,10 @@ class HijackServerMixin(HijackSettings):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         hooks = registered_hooks(self.conn_state_hooks, self.app_state)
-        conn = self._hj = _Connection(hooks, self.app, self._hj_strict_lf)
-        self.app = conn.enter
+        conn = self._hj = _Connection(
+            hooks, self.app, self._hj_strict_lf, _FAST_PATH_FRAMER, type(self)._hj_stock_data_received
+        )
+        self.app = conn
         if self.proxy_protocol != "off" and self.config.is_ssl:
             refuse_tls(self)  # PROXY protocol: the header would come before the TLS handshake
 
@@ -190,9 +136,9 @@ class HijackServerMixin(HijackSettings):
         if self.proxy_protocol != "off" and intercept(self, transport, self.proxy_protocol, self.proxy_trusted):
             return  # PROXY protocol: called again once the header is read (asgi_hijack.proxy_protocol)
         super().connection_made(transport)  # type: ignore[misc]
-        # The first head is awaited off the fast path, under the head timeout.
-        conn = self._hj_enter_slow_path()
-        conn.opened(transport)
+        # The first head must come within the head timeout; if it comes whole, it takes the fast path.
+        conn = self._hj
+        conn.opened(transport, self.server)
         self._hj_arm_head_timer(conn)
 
     def _hj_arm_head_timer(self, conn: _Connection) -> None:
@@ -201,7 +147,11 @@ class HijackServerMixin(HijackSettings):
 
     def _hj_head_timed_out(self) -> None:
         conn = self._hj
-        if not conn.busy or conn.framer.state is not IDLE or self.transport.is_closing():
+        if not conn.busy:
+            if self.cycle is None and not self.transport.is_closing():  # not a byte of the first head came
+                self.transport.close()
+            return
+        if conn.framer.state is not IDLE or self.transport.is_closing():
             return
         reject = conn.framer.head_timed_out()
         if reject is None:
@@ -223,30 +173,7 @@ class HijackServerMixin(HijackSettings):
         self._hj.upgrade = True
 
     # -- the fast path --------------------------------------------------------------
-    def data_received(self, data: bytes) -> None:
-        conn = self._hj
-        if not conn.busy:
-            cycle = self.cycle
-            if cycle is None or (cycle.response_complete and not cycle.more_body):
-                _, end, rest = data.partition(b"\n\r\n")  # cheaper than bytes.find (whose arguments are parsed)
-                if (
-                    end
-                    and not rest  # one head, nothing after it
-                    and (conn.strict_lf or data.count(b"\n") == data.count(b"\r\n"))
-                    and data[0] != 67  # "C": CONNECT takes the slow path
-                ):
-                    try:
-                        self._hj_stock_data_received(data)
-                    except UnicodeDecodeError:  # zttp decodes the target as ASCII unguarded
-                        self._hj_reject(400, "Invalid HTTP request received.")
-                        return
-                    if conn.upgrade:
-                        self._hj_tunnel(self.cycle)
-                    elif self.cycle is cycle and self.transport.get_protocol() is not self:  # type: ignore[comparison-overlap]
-                        self._hj_handed_to_websocket(b"")
-                    return
-            self._hj_enter_slow_path()
-        self._hj_process(data)
+    data_received = hot.data_received  # the fast path: see asgi_hijack._hot
 
     def _hj_handed_to_websocket(self, rest: bytes) -> None:
         """uvicorn gave the connection to its WebSocket implementation; pass on the bytes after the head.
@@ -429,8 +356,9 @@ class HijackServerMixin(HijackSettings):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        conn = self._hj_enter_slow_path()
-        conn.framer.close()
+        conn = self._hj
+        if conn.busy:  # (the fast path's framer is shared: never closed)
+            conn.framer.close()
         if conn.timer is not None:
             conn.timer.cancel()
         conn.set(ConnState.CLOSED)
@@ -473,7 +401,7 @@ class HijackServerMixin(HijackSettings):
         framer = self._hj_enter_slow_path().framer
         pending = bytes(cycle.body) + framer.hand_over()
         scope: Any = cycle.scope
-        adapter.release(cycle)
+        adapter.release(cycle, self)
         self._unset_keepalive_if_required()
         self.connections.discard(self)
         self.server_state.total_requests += 1
@@ -503,5 +431,6 @@ class HijackServerMixin(HijackSettings):
                 scope["http_version"],
                 f" {status}" if status is not None else "",
             )
-        await hijacked._flush()
+        if transport.get_write_buffer_size():  # the head is not all in the kernel yet
+            await hijacked._flush()
         return hijacked

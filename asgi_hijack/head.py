@@ -8,6 +8,9 @@ from collections.abc import Iterable
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_PHRASES = {status.value: status.phrase.encode("ascii") for status in http.HTTPStatus}
+"""Reason phrases by status code (looked up per hijack: cheaper than ``HTTPStatus(status)``)."""
+_BYTES = (bytes, bytearray)
 
 
 def build_head(
@@ -24,10 +27,7 @@ def build_head(
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 999:
         raise ValueError(f"hijack status must be an int from 100 to 999, got {status!r}")
     if reason is None:
-        try:
-            phrase = http.HTTPStatus(status).phrase.encode("ascii")
-        except ValueError:
-            phrase = b""
+        phrase = _PHRASES.get(status, b"")
     else:
         phrase = reason.encode("latin-1") if isinstance(reason, str) else bytes(reason)
         if _BAD_VALUE.search(phrase):
@@ -35,7 +35,7 @@ def build_head(
     version = b"HTTP/1.0" if http_version == "1.0" else b"HTTP/1.1"
     lines = [b"%s %d %s\r\n" % (version, status, phrase)]
     for name, value in headers:
-        if not isinstance(name, bytes | bytearray) or not isinstance(value, bytes | bytearray):
+        if not isinstance(name, _BYTES) or not isinstance(value, _BYTES):
             raise ValueError(f"hijack headers must be (bytes, bytes) pairs, got {(name, value)!r}")
         if not _TOKEN.fullmatch(name):
             raise ValueError(f"invalid header name in hijack head: {name!r}")
@@ -49,7 +49,7 @@ def build_head(
 def build_rejection(status: int, reason: str) -> bytes:
     """A complete ``Connection: close`` response for a request the core rejects (400, 408, 431)."""
     body = reason.encode("utf-8")
-    phrase = http.HTTPStatus(status).phrase.encode("ascii")
+    phrase = _PHRASES[status]
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
         b"connection: close\r\n\r\n%s" % (status, phrase, len(body), body)

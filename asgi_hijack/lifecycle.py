@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import itertools
-import logging
 import socket
 import struct
 from collections.abc import Callable, Iterable, Mapping
@@ -16,7 +15,6 @@ __all__ = [
     "ConnState",
     "ConnStateHook",
     "ConnectionInfo",
-    "Lifecycle",
     "peer_credentials",
 ]
 
@@ -27,7 +25,6 @@ STATE_HOOKS_KEY = "asgi_hijack.conn_state"
 """Lifespan-state key under which an app registers its connection state hooks."""
 
 _ids = itertools.count(1)
-_logger = logging.getLogger("uvicorn.error")
 
 
 class ConnState(enum.Enum):
@@ -96,44 +93,6 @@ class ConnectionInfo:
     def conn_state(self) -> ConnState:
         """The connection's lifecycle state."""
         return self._conn_state
-
-
-class Lifecycle:
-    """The server side of a connection's identity: its hooks, transitions and extension template."""
-
-    __slots__ = ("extension", "hooks", "info")
-
-    def __init__(self, hooks: tuple[ConnStateHook, ...]) -> None:
-        self.hooks = hooks
-        self.info = ConnectionInfo()
-        self.extension: dict[str, Any] = {}
-        """The ``http.connection`` extension: one view per connection, ``request_index`` set per request."""
-
-    def opened(self, transport: Any) -> None:
-        info = self.info
-        info.peer_credentials = peer_credentials(transport.get_extra_info("socket"))
-        info._transport = transport
-        info.proxy = transport.get_extra_info("proxy")
-        self.extension = {
-            "id": info.id,
-            "request_index": 0,
-            "peer_credentials": info.peer_credentials,
-            "state": info.state,
-            "proxy": info.proxy,
-        }
-        self.set(ConnState.NEW)
-
-    def set(self, state: ConnState) -> None:
-        """Move to ``state`` and run the hooks (a hook that raises is logged, not fatal)."""
-        info = self.info
-        if info._conn_state is ConnState.HIJACKED or info._conn_state is ConnState.CLOSED:
-            return
-        info._conn_state = state
-        for hook in self.hooks:
-            try:
-                hook(info, state)
-            except Exception:
-                _logger.exception("connection state hook %r failed", hook)
 
 
 def registered_hooks(class_hooks: Iterable[ConnStateHook], app_state: Mapping[str, Any]) -> tuple[ConnStateHook, ...]:

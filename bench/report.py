@@ -12,7 +12,7 @@ _METRICS = {
     "download": ": download",
     "cpu_us": ": server CPU per request (lower is better)",
     "gib_per_cpu_s": ": GiB relayed per proxy CPU-second",
-    "instructions": ": server instructions per request (callgrind; lower is better)",
+    "instructions": ": server instructions per exchange (callgrind; lower is better)",
 }
 
 

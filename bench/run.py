@@ -78,12 +78,13 @@ class Settings:
     memory_rounds: int
     instr_requests: int
     request_rounds: int  # ordinary requests: the issue asks for medians of at least 5
+    instr_handshakes: int  # counted under callgrind per variant in comparison 3
     connections: int = 50
     warmup_seconds: float = 1.0
 
 
-FULL = Settings("full", 3, 5, 1 << 30, 10, 10_000, 1 << 30, 2, 3_000, 5)
-QUICK = Settings("quick", 2, 2, 128 << 20, 2, 2_000, 128 << 20, 1, 500, 2)
+FULL = Settings("full", 3, 5, 1 << 30, 10, 10_000, 1 << 30, 2, 3_000, 5, 500)
+QUICK = Settings("quick", 2, 2, 128 << 20, 2, 2_000, 128 << 20, 1, 500, 2, 100)
 
 
 def log(message: str, *, detail: bool = False) -> None:
@@ -266,6 +267,27 @@ class Runner:
             self.warm(measure(self.s.warmup_seconds))
             results = alternate(section, measure(self.s.handshake_seconds), self.s.rounds)
         self.rows_for(section, results, pairs)
+        if have("valgrind"):
+            self.handshake_instructions(section)
+        else:
+            log(f"{section}: valgrind is missing, no instruction counts (apt-get install valgrind)")
+
+    def handshake_instructions(self, section: str) -> None:
+        """Server instructions per hijack handshake vs per ``Connection: close`` GET, under callgrind, per parser.
+
+        The same exchanges as the conn/s rows, one after the other (:mod:`bench.instructions`); the
+        counts do not depend on the machine's load, so one round is enough.
+        """
+        count = self.s.instr_handshakes
+        for parser in self.parsers:
+            ours, stock = f"{HIJACK_PROTOCOLS[parser]} hijack", f"{parser} Connection: close GET"
+            variants: dict[str, Measure] = {
+                f"{ours} (callgrind)": counted(parser, ours=True, requests=count, workload="handshake"),
+                f"{stock} (callgrind)": counted(parser, ours=False, requests=count, workload="handshake"),
+            }
+            ours, stock = variants
+            results = alternate(f"{section} [{parser}, callgrind]", variants, 1)
+            self.rows_for(section, results, [(ours, stock, "instructions", "instr", Goal(1.0, lower=True))])
 
     def memory(self, section: str) -> None:
         """RSS per idle connection: hijacked vs keep-alive on stock uvicorn (and on the hijack protocol)."""
@@ -412,8 +434,10 @@ class Runner:
         self.rows_for(section, memory, [(h2, h1, "value", "KiB/conn", None)], delta=True)
 
 
-def counted(parser: str, *, ours: bool, requests: int) -> Measure:
-    """Measure of the server instructions per request of one protocol class under callgrind."""
+def counted(parser: str, *, ours: bool, requests: int, workload: str = "get") -> Measure:
+    """Measure of the server instructions per exchange (:data:`bench.instructions.GOALS`) under callgrind."""
+    if workload == "handshake":
+        return lambda: {"instructions": instructions.per_handshake(parser, ours, requests, 50, "uvloop")}
     return lambda: {"instructions": instructions.per_request(parser, ours, requests, 200, "uvloop")}
 
 
@@ -540,7 +564,10 @@ saturated: the baseline may then be faster than shown.
    (stock protocol class, default `--ws`) does the same with a WebSocket echo of one 64-byte message. Go and
    Node (`bench/node/upgrade_server.js`, `server.on('upgrade')`) serve the `Upgrade: tcp` variant. What the
    hijack costs by itself: the same loop against stock uvicorn answering a `Connection: close` GET of
-   `bench/apps.py:hello` instead (new connection, request, response, close), on the same parser.
+   `bench/apps.py:hello` instead (new connection, request, response, close), on the same parser; and the
+   same two exchanges one after the other from one client, {s.instr_handshakes:,} each after 50 unmeasured,
+   with the server under callgrind (`python -m bench.instructions --workload handshake`, as in 6): server
+   instructions per exchange, which do not depend on the machine's load.
 4. **Memory**: growth of the server's RSS while a client holds {s.idle_count:,} idle connections (after a
    warm-up), per connection: hijacked (the app awaits a command on `conn.reader`) vs keep-alive on stock
    uvicorn; also keep-alive on our protocol class, and idle `asyncio.start_server` connections running the

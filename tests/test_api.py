@@ -120,6 +120,24 @@ def test_the_connection_wraps_in_anyio_tls_stream(hijack_server: Any, tmp_path: 
             assert recv_until(sock, b"payload") == b"secret:payload"
 
 
+def test_writer_start_tls_says_to_use_tls_stream(hijack_server: Any) -> None:
+    """asyncio's start_tls() would handshake as a client: refused, with the way that works."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        conn = await hijack(scope, receive, send, status=101, headers=[(b"upgrade", b"starttls")])
+        async with conn:
+            try:
+                await conn.writer.start_tls(ssl.create_default_context())
+            except NotImplementedError as exc:
+                await conn.send(str(exc).encode() + b"\n")
+
+    server = hijack_server(app)
+    with connect(server) as raw:
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: starttls\r\nConnection: Upgrade\r\n\r\n")
+        recv_until(raw, b"\r\n\r\n")
+        assert b"TLSStream.wrap(conn, server_side=True" in recv_until(raw, b"\n")
+
+
 # -- servers and protocols that cannot hijack: HijackNotSupported says what to do -------------
 
 
@@ -185,6 +203,26 @@ def test_not_an_http_scope() -> None:
 
 async def _never(*args: Any) -> Any:
     raise AssertionError("not reached")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_head_larger_than_the_socket_buffers_is_in_the_kernel_when_hijack_returns(
+    hijack_server: Any, loop: str
+) -> None:
+    big = b"x" * (16 << 20)  # more than the kernel takes at once: the transport buffers the rest
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        conn = await hijack(scope, receive, send, status=101, headers=[(b"x-big", big)])
+        async with conn:
+            conn.writer.write(b"buffered=%d" % conn.transport.get_write_buffer_size())
+            await conn.writer.drain()
+
+    server = hijack_server(app, loop=loop)
+    with connect(server) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n\r\n")
+        data = recv_all(sock)
+    assert data.startswith(b"HTTP/1.1 101 ")
+    assert data.endswith(b"\r\nx-big: " + big + b"\r\n\r\nbuffered=0")
 
 
 # -- logging: one line, as hijacked ------------------------------------------------------

@@ -66,7 +66,13 @@ UVICORN = (
 )
 PYTHONS = ("3.11", "3.12", "3.13")
 # The core semantics, pending-buffer, shutdown and example tests (globs, relative to the clone).
-TESTS = ("tests/test_semantics.py", "tests/test_pending.py", "tests/test_shutdown.py", "tests/test_examples_*.py")
+TESTS = (
+    "tests/test_semantics.py",
+    "tests/test_pending.py",
+    "tests/test_compiled.py",
+    "tests/test_shutdown.py",
+    "tests/test_examples_*.py",
+)
 MAX_JOBS = 2  # the machines have 2 cores, and the tests run real servers
 
 
