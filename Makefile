@@ -19,7 +19,7 @@ PORT ?= 8000
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: uv venv system-deps setup run test lint test-latest test-matrix test-matrix-ci compat-table dist bench bench-quick
+.PHONY: uv venv system-deps setup run test lint test-latest test-matrix test-matrix-ci compat-table dist bench bench-deps bench-quick
 
 # uv itself, at the pinned version, in a small venv of its own (.tools): that works with any Python 3.11+,
 # including a distribution's "externally managed" one, where `pip install` outside a venv is refused.
@@ -104,13 +104,18 @@ dist: venv
 	$(PYTHON) -m tools.check_sdist dist/*.tar.gz
 	@ls dist
 
+# The load generator and the instruction counter the benchmarks drive (Go and Node come with system-deps).
+bench-deps:
+	@command -v wrk >/dev/null && command -v callgrind_control >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq wrk valgrind >/dev/null)
+
 # Every comparison of docs/benchmarks.md (about 20 minutes on 2 cores); rewrites docs/benchmarks.md and
-# docs/benchmarks.png, exits non-zero when a goal is missed. Needs wrk, go, node, pproxy and valgrind (see bench/run.py).
-bench: venv
+# docs/benchmarks.png, exits non-zero when a goal is missed. Installs wrk and valgrind when missing (bench-deps).
+bench: venv system-deps bench-deps
 	$(PYTHON) -m bench.run $(BENCH_ARGS)
 
 # Seconds-scale smoke run of the same comparisons; prints the table, writes no docs, never fails on goals.
-bench-quick: venv
+bench-quick: venv system-deps bench-deps
 	$(PYTHON) -m bench.run --quick --no-check $(BENCH_ARGS)
 
 # The long reliability run (about 5 minutes on 2 cores; each phase time-bounded): 1,000 hijacked connections

@@ -8,6 +8,7 @@ which one runs; where the build made no extension (no compiler), both runs exerc
 from __future__ import annotations
 
 import importlib.machinery
+import shutil
 import types
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await respond(send, 200, str(asgi_hijack.compiled).encode())
     else:
         await echo_app(scope, receive, send)
+
+
+def test_a_machine_with_a_compiler_builds_the_extension() -> None:
+    """The extension is optional for installs, not for our builds: a failed compile must not pass unseen."""
+    if shutil.which("cc") is None or no_extensions():
+        pytest.skip("no C compiler, or ASGI_HIJACK_NO_EXTENSIONS: the pure-Python fallback is expected")
+    assert extension_built(), "setup.py built no extension although a C compiler is here: see `make venv`'s output"
 
 
 def test_compiled_says_which_module_runs() -> None:
