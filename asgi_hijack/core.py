@@ -7,9 +7,11 @@ or until the app hijacks the connection (then they start the pending buffer). Pa
 validate everything they are fed; the framer only decides how much to feed. Everything the
 core touches of uvicorn is declared in :mod:`asgi_hijack.adapter`.
 
-Cost: a data chunk that is exactly one request head (the common keep-alive GET) takes a
-fast path of one ``bytes.partition`` (plus a bare-LF check on h11, which accepts bare LF) and
-bypasses the framer, which is brought up to date only when the connection leaves that path.
+Cost: a data chunk that is exactly one request head (the common keep-alive GET, and a
+connection's first request) takes a fast path (:func:`asgi_hijack._hot.data_received`,
+compiled when the build can) of one ``bytes.partition`` (plus a bare-LF check on h11, which
+accepts bare LF) and bypasses the framer, which is brought up to date only when the
+connection leaves that path.
 """
 
 from __future__ import annotations
@@ -64,9 +66,6 @@ Send = Callable[[Message], Awaitable[None]]
 _FAST_PATH_FRAMER = Framer()
 """The framer of every connection on the fast path, which has none of its own (less memory per idle
 keep-alive connection). It is never used: leaving the fast path gives a connection a new framer."""
-
-
-_Connection = hot.Connection
 
 
 async def special_send(send: Send, ext: dict[str, Any], message: Message) -> None:
@@ -125,7 +124,7 @@ class HijackServerMixin(HijackSettings):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         hooks = registered_hooks(self.conn_state_hooks, self.app_state)
-        conn = self._hj = _Connection(
+        conn = self._hj = hot.Connection(
             hooks, self.app, self._hj_strict_lf, _FAST_PATH_FRAMER, type(self)._hj_stock_data_received
         )
         self.app = conn
@@ -141,7 +140,7 @@ class HijackServerMixin(HijackSettings):
         conn.opened(transport, self.server)
         self._hj_arm_head_timer(conn)
 
-    def _hj_arm_head_timer(self, conn: _Connection) -> None:
+    def _hj_arm_head_timer(self, conn: hot.Connection) -> None:
         if conn.timer is None:
             conn.timer = self.loop.call_later(self.head_timeout, self._hj_head_timed_out)
 
@@ -204,7 +203,7 @@ class HijackServerMixin(HijackSettings):
         return False
 
     # -- the slow path: the framer -----------------------------------------------------
-    def _hj_enter_slow_path(self, skip: bool = False) -> _Connection:
+    def _hj_enter_slow_path(self, skip: bool = False) -> hot.Connection:
         """Leave the fast path: bring the framer up to date with the head fed on it, if any.
 
         ``skip``: the parser skipped that head's body (see :meth:`_hj_tunnel`)."""
@@ -218,7 +217,7 @@ class HijackServerMixin(HijackSettings):
             self._hj_head_parsed(conn, cycle, skip)
         return conn
 
-    def _hj_head_parsed(self, conn: _Connection, cycle: Cycle, skip: bool) -> None:
+    def _hj_head_parsed(self, conn: hot.Connection, cycle: Cycle, skip: bool) -> None:
         length = body_length(cycle.scope["headers"]) if cycle.more_body else 0
         conn.framer.head_parsed(length, skip=skip and bool(length), responded=cycle.response_complete)
         if conn.framer.state is not IDLE:
@@ -281,7 +280,7 @@ class HijackServerMixin(HijackSettings):
                 conn.busy = False  # back on the fast path
                 conn.framer = _FAST_PATH_FRAMER
 
-    def _hj_head(self, conn: _Connection, head: bytes) -> None:
+    def _hj_head(self, conn: hot.Connection, head: bytes) -> None:
         if conn.timer is not None:
             conn.timer.cancel()
             conn.timer = None
@@ -302,7 +301,7 @@ class HijackServerMixin(HijackSettings):
             skip = self._hj_tunnel(cycle)
         self._hj_head_parsed(conn, cycle, skip)
 
-    def _hj_end_of_message(self, conn: _Connection, skipped: bool) -> None:
+    def _hj_end_of_message(self, conn: hot.Connection, skipped: bool) -> None:
         cycle = self.cycle
         if skipped:
             cycle.more_body = False
