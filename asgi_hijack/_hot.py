@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import adapter
 from .api import EXTENSION
-from .lifecycle import CONNECTION_EXTENSION, ConnectionInfo, ConnState, ConnStateHook, peer_credentials
+from .lifecycle import CONNECTION_EXTENSION, ConnectionInfo, ConnState, peer_credentials, registered_hooks
 
 if TYPE_CHECKING:
     import asyncio
@@ -23,12 +23,18 @@ if TYPE_CHECKING:
     from .core import HijackServerMixin
     from .framing import Framer
 
-__all__ = ["Connection", "data_received", "send_or_hijack"]
+__all__ = ["Connection", "HeadDeadlines", "data_received", "head_deadlines", "send_or_hijack", "wait_for_head"]
 
 Message = dict[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 
 _logger = logging.getLogger("uvicorn.error")
+_NEW, _ACTIVE, _HIJACKED, _CLOSED = ConnState.NEW, ConnState.ACTIVE, ConnState.HIJACKED, ConnState.CLOSED
+"""(An enum member read from its class costs as much as a dict made: these are read once.)"""
+_HEADS = "_asgi_hijack_heads"
+"""The attribute of uvicorn's ``ServerState`` that holds the server's :class:`HeadDeadlines`."""
+_RESOLUTION = 0.001
+"""Seconds by which a timer may fire early (event loops round to milliseconds)."""
 
 
 def data_received(self: HijackServerMixin, data: bytes) -> None:
@@ -46,7 +52,7 @@ def data_received(self: HijackServerMixin, data: bytes) -> None:
             ):
                 timer = conn.timer
                 if timer is not None:  # the connection's first head, which came in time
-                    timer.cancel()
+                    timer.discard(self)
                     conn.timer = None
                 try:
                     conn.stock_data_received(self, data)
@@ -84,33 +90,29 @@ class Connection:
         "upgrade",
     )
 
-    def __init__(
-        self,
-        hooks: tuple[ConnStateHook, ...],
-        app: Any,
-        strict_lf: bool,
-        framer: Framer,
-        stock_data_received: Callable[[Any, bytes], None],
-    ) -> None:
-        self.hooks = hooks
+    def __init__(self, protocol: HijackServerMixin, framer: Framer) -> None:
+        self.hooks = registered_hooks(protocol.conn_state_hooks, protocol.app_state)
         self.info = ConnectionInfo()
         self.extension: dict[str, Any] = {}
         """The ``http.connection`` extension: one view per connection, ``request_index`` set per request."""
-        self.app = app
+        self.app = protocol.app
         self.busy = False  # off the fast path: the framer is up to date
         self.framer = framer
-        self.timer: asyncio.TimerHandle | None = None  # the head timeout, while a head is awaited
+        self.timer: HeadDeadlines | None = None  # the head timeouts this connection waits in, while it does
         self.upgrade = False  # the parser reported a non-WebSocket upgrade
-        self.strict_lf = strict_lf  # the parser rejects bare LF (see HijackServerMixin._hj_strict_lf)
-        self.stock_data_received = stock_data_received  # the parser protocol's data_received (a function)
+        self.strict_lf = protocol._hj_strict_lf  # the parser rejects bare LF (see HijackServerMixin._hj_strict_lf)
+        # The parser protocol's data_received (a function).
+        self.stock_data_received = type(protocol)._hj_stock_data_received
 
-    def opened(self, transport: Any, local: Any) -> None:
-        """The connection is made; ``local`` is uvicorn's ``server`` address (a port only on TCP)."""
+    def opened(self, protocol: HijackServerMixin, transport: Any) -> None:
+        """The connection is made: fill in its identity, and wait for the first head."""
         info = self.info
+        local = protocol.server  # uvicorn's local address: a port only on TCP
         if local is None or local[1] is None:  # maybe a unix socket (TCP needs no look at the socket's family)
             info.peer_credentials = peer_credentials(transport.get_extra_info("socket"))
         info._transport = transport
-        info.proxy = transport.get_extra_info("proxy")
+        if protocol.proxy_protocol != "off":
+            info.proxy = transport.get_extra_info("proxy")
         self.extension = {
             "id": info.id,
             "request_index": 0,
@@ -118,12 +120,14 @@ class Connection:
             "state": info.state,
             "proxy": info.proxy,
         }
-        self.set(ConnState.NEW)
+        self.set(_NEW)
+        wait_for_head(protocol, self)
 
     def set(self, state: ConnState) -> None:
         """Move to ``state`` and run the hooks (a hook that raises is logged, not fatal)."""
         info = self.info
-        if info._conn_state is ConnState.HIJACKED or info._conn_state is ConnState.CLOSED:
+        current = info._conn_state
+        if current is _HIJACKED or current is _CLOSED:
             return
         info._conn_state = state
         for hook in self.hooks:
@@ -131,6 +135,16 @@ class Connection:
                 hook(info, state)
             except Exception:
                 _logger.exception("connection state hook %r failed", hook)
+
+    def lost(self, protocol: Any) -> None:
+        """The connection is closed (``protocol`` is its protocol)."""
+        if self.busy:  # (the fast path's framer is shared: never closed)
+            self.framer.close()
+        timer = self.timer
+        if timer is not None:
+            timer.discard(protocol)
+            self.timer = None
+        self.set(_CLOSED)
 
     def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> Awaitable[None]:
         """The app as uvicorn calls it: advertise the extensions, give it a ``send`` that can hijack.
@@ -149,7 +163,7 @@ class Connection:
         view["request_index"] = index
         scope["extensions"] = {EXTENSION: ext, CONNECTION_EXTENSION: view}
         if self.hooks:
-            self.set(ConnState.ACTIVE)
+            self.set(_ACTIVE)
             cycle = adapter.cycle_of(send)
             # The protocol (no reference kept: it may be hijacked) reports when the response completes.
             on_response = getattr(adapter.handled_by(cycle), "_hj_on_response", None)
@@ -178,6 +192,76 @@ def send_or_hijack(request: tuple[Send, dict[str, Any]], message: Message) -> Aw
 
 def _special_send(send: Send, ext: dict[str, Any], message: Message) -> Awaitable[None]:
     """A hijack, or a message after one: the rare path, in :mod:`asgi_hijack.core` (which imports this module)."""
-    from .core import special_send
+    global _special
+    if _special is None:
+        from .core import special_send
 
-    return special_send(send, ext, message)
+        _special = special_send
+    return _special(send, ext, message)
+
+
+_special: Callable[[Send, dict[str, Any], Message], Awaitable[None]] | None = None
+"""``asgi_hijack.core.special_send``, once imported."""
+
+
+class HeadDeadlines:
+    """The head timeouts of one server: one timer for all its connections, not one each.
+
+    Connections join in the order they start to wait and all wait ``timeout`` seconds, so
+    their deadlines come in that order: the timer is set for the first and, when it fires,
+    times out every connection that is due (its ``_hj_head_timed_out()``) and is set again for
+    the first that is not. A connection that gets its head leaves; the timer is not moved.
+    """
+
+    __slots__ = ("handle", "loop", "timeout", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self.timeout = timeout
+        self.waiting: dict[Any, float] = {}
+        """Protocol -> deadline (loop time), in the order of the deadlines."""
+        self.handle: asyncio.TimerHandle | None = None
+
+    def add(self, protocol: Any) -> None:
+        """``protocol`` waits for a head from now on."""
+        deadline = self.loop.time() + self.timeout
+        self.waiting[protocol] = deadline
+        if self.handle is None:
+            self.handle = self.loop.call_at(deadline, self._expire)
+
+    def discard(self, protocol: Any) -> None:
+        """``protocol`` no longer waits (it has its head, or it is closed)."""
+        self.waiting.pop(protocol, None)
+
+    def _expire(self) -> None:
+        self.handle = None
+        due = []
+        now = self.loop.time() + _RESOLUTION
+        for protocol, deadline in self.waiting.items():
+            if deadline > now:
+                self.handle = self.loop.call_at(deadline, self._expire)
+                break
+            due.append(protocol)
+        for protocol in due:
+            del self.waiting[protocol]
+            try:
+                protocol._hj_head_timed_out()
+            except Exception:
+                _logger.exception("head timeout of %r failed", protocol)
+
+
+def head_deadlines(protocol: Any) -> HeadDeadlines:
+    """The head timer of ``protocol``'s server (uvicorn's ``ServerState``) for its ``head_timeout``."""
+    state = protocol.server_state
+    heads: HeadDeadlines | None = getattr(state, _HEADS, None)
+    if heads is None or heads.timeout != protocol.head_timeout or heads.loop is not protocol.loop:
+        heads = HeadDeadlines(protocol.loop, protocol.head_timeout)
+        setattr(state, _HEADS, heads)
+    return heads
+
+
+def wait_for_head(protocol: Any, conn: Connection) -> None:
+    """Start the head timeout of ``protocol`` (whose state is ``conn``), unless it runs already."""
+    if conn.timer is None:
+        heads = conn.timer = head_deadlines(protocol)
+        heads.add(protocol)

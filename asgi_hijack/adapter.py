@@ -385,6 +385,6 @@ def dispatch_timer(protocol: Any) -> asyncio.TimerHandle | None:
     return timer
 
 
-def set_dispatch_timer(protocol: Any, timer: asyncio.TimerHandle) -> None:
+def set_dispatch_timer(protocol: Any, timer: asyncio.TimerHandle | None) -> None:
     """Replace ``AutoZttpProtocol.timeout_task`` (cancelled by its ``data_received``)."""
     protocol.timeout_task = timer

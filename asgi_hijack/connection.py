@@ -237,11 +237,12 @@ class DeadlineReader(asyncio.StreamReader):
             waiter.set_exception(TimeoutError(_READ_EXPIRED))
 
     # Plain methods that return the stream's coroutine: no coroutine frame of their own, which
-    # an idle connection waiting in a read would keep (several hundred bytes).
+    # an idle connection waiting in a read would keep (several hundred bytes). They call the
+    # base class by name: no super() object per read.
     # Without a deadline (``at`` None) they check nothing.
     def _wait_for_data(self, func_name: str) -> Coroutine[Any, Any, None]:
         if self.deadline.at is None:
-            waiting: Coroutine[Any, Any, None] = super()._wait_for_data(func_name)  # type: ignore[misc]
+            waiting: Coroutine[Any, Any, None] = asyncio.StreamReader._wait_for_data(self, func_name)  # type: ignore[attr-defined]
             return waiting
         self.deadline.check("read")
         return self._wait_within_deadline(func_name)
@@ -249,7 +250,7 @@ class DeadlineReader(asyncio.StreamReader):
     async def _wait_within_deadline(self, func_name: str) -> None:
         self._arm()
         try:
-            await super()._wait_for_data(func_name)  # type: ignore[misc]
+            await asyncio.StreamReader._wait_for_data(self, func_name)  # type: ignore[attr-defined]
         finally:
             if self._expiry is not None:
                 self._expiry.cancel()
@@ -258,26 +259,29 @@ class DeadlineReader(asyncio.StreamReader):
     def read(self, n: int = -1) -> Coroutine[Any, Any, bytes]:
         if self.deadline.at is not None:
             self.deadline.check("read")
-        return super().read(n)
+        return asyncio.StreamReader.read(self, n)
 
     def readline(self) -> Coroutine[Any, Any, bytes]:
         if self.deadline.at is not None:
             self.deadline.check("read")
-        return super().readline()
+        return asyncio.StreamReader.readline(self)
 
     def readexactly(self, n: int) -> Coroutine[Any, Any, bytes]:
         if self.deadline.at is not None:
             self.deadline.check("read")
-        return super().readexactly(n)
+        return asyncio.StreamReader.readexactly(self, n)
 
     def readuntil(self, separator: Any = b"\n") -> Coroutine[Any, Any, bytes]:
         if self.deadline.at is not None:
             self.deadline.check("read")
-        return super().readuntil(separator)
+        return asyncio.StreamReader.readuntil(self, separator)
 
 
 class DeadlineWriter(asyncio.StreamWriter):
-    """StreamWriter with a write deadline: writes after it, and drains past it, fail."""
+    """StreamWriter with a write deadline: writes after it, and drains past it, fail.
+
+    Cooperative (``super()``): an HTTP/2 tunnel's writer puts it before its own ``drain``.
+    """
 
     deadline = _NO_DEADLINE
 

@@ -50,7 +50,7 @@ from .framing import (
     body_length,
 )
 from .head import build_head, build_rejection
-from .lifecycle import ConnState, registered_hooks
+from .lifecycle import ConnState
 from .proxy_protocol import intercept, refuse_tls
 from .settings import HEAD_TIMEOUT, HijackSettings
 
@@ -63,26 +63,38 @@ Message = dict[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 
 
+_HIJACKED = ConnState.HIJACKED
 _FAST_PATH_FRAMER = Framer()
 """The framer of every connection on the fast path, which has none of its own (less memory per idle
 keep-alive connection). It is never used: leaving the fast path gives a connection a new framer."""
 
 
-async def special_send(send: Send, ext: dict[str, Any], message: Message) -> None:
-    """The app sent ``http.hijack``, or anything after a hijack (from :func:`asgi_hijack._hot.send_or_hijack`)."""
+def special_send(send: Send, ext: dict[str, Any], message: Message) -> Awaitable[None]:
+    """The app sent ``http.hijack``, or anything after a hijack (from :func:`asgi_hijack._hot.send_or_hijack`).
+
+    Returns the hijack's coroutine itself (no coroutine of its own per hijack); a refusal
+    raises when it is awaited, as any ``send`` does."""
     if "connection" in ext:
-        raise AlreadyHijackedError(
-            f"{message['type']!r} sent after the connection was hijacked: the server no longer "
-            "speaks HTTP on it. Write to the hijacked connection (conn.writer / conn.send) instead."
+        return _refuse(
+            AlreadyHijackedError(
+                f"{message['type']!r} sent after the connection was hijacked: the server no longer "
+                "speaks HTTP on it. Write to the hijacked connection (conn.writer / conn.send) instead."
+            )
         )
     cycle = adapter.cycle_of(send)
     protocol = adapter.handled_by(cycle)
     if not isinstance(protocol, HijackServerMixin):
-        raise AppReturnedError(
-            "hijack after the ASGI application returned: the server has already finished this "
-            "request. Call hijack() from inside the request handler, before it returns."
+        return _refuse(
+            AppReturnedError(
+                "hijack after the ASGI application returned: the server has already finished this "
+                "request. Call hijack() from inside the request handler, before it returns."
+            )
         )
-    ext["connection"] = await protocol._hj_hijack(cycle, message)
+    return protocol._hj_hijack(cycle, message, ext)
+
+
+async def _refuse(error: Exception) -> None:
+    raise error
 
 
 class HijackServerMixin(HijackSettings):
@@ -114,19 +126,23 @@ class HijackServerMixin(HijackSettings):
 
         def _unset_keepalive_if_required(self) -> None: ...
         def on_response_complete(self) -> None: ...
+        def _hj_stock_init(self, *args: Any, **kwargs: Any) -> None: ...
+        def _hj_stock_connection_made(self, transport: Any) -> None: ...
+        def _hj_stock_connection_lost(self, exc: Exception | None) -> None: ...
         def _hj_stock_data_received(self, data: bytes) -> None: ...
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # The parser protocol's data_received, called without a super() object per chunk.
-        cls._hj_stock_data_received = super().data_received  # type: ignore[method-assign,misc]
+        # The parser protocol's methods that the core extends, called without a super() object each time.
+        stock: Any = super()
+        cls._hj_stock_init = stock.__init__  # type: ignore[method-assign]
+        cls._hj_stock_connection_made = stock.connection_made  # type: ignore[method-assign]
+        cls._hj_stock_connection_lost = stock.connection_lost  # type: ignore[method-assign]
+        cls._hj_stock_data_received = stock.data_received  # type: ignore[method-assign]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        hooks = registered_hooks(self.conn_state_hooks, self.app_state)
-        conn = self._hj = hot.Connection(
-            hooks, self.app, self._hj_strict_lf, _FAST_PATH_FRAMER, type(self)._hj_stock_data_received
-        )
+        self._hj_stock_init(*args, **kwargs)
+        conn = self._hj = hot.Connection(self, _FAST_PATH_FRAMER)
         self.app = conn
         if self.proxy_protocol != "off" and self.config.is_ssl:
             refuse_tls(self)  # PROXY protocol: the header would come before the TLS handshake
@@ -134,18 +150,14 @@ class HijackServerMixin(HijackSettings):
     def connection_made(self, transport: Any) -> None:
         if self.proxy_protocol != "off" and intercept(self, transport, self.proxy_protocol, self.proxy_trusted):
             return  # PROXY protocol: called again once the header is read (asgi_hijack.proxy_protocol)
-        super().connection_made(transport)  # type: ignore[misc]
+        self._hj_stock_connection_made(transport)
         # The first head must come within the head timeout; if it comes whole, it takes the fast path.
-        conn = self._hj
-        conn.opened(transport, self.server)
-        self._hj_arm_head_timer(conn)
-
-    def _hj_arm_head_timer(self, conn: hot.Connection) -> None:
-        if conn.timer is None:
-            conn.timer = self.loop.call_later(self.head_timeout, self._hj_head_timed_out)
+        self._hj.opened(self, transport)
 
     def _hj_head_timed_out(self) -> None:
+        """No complete head within ``head_timeout`` (called by :class:`~asgi_hijack._hot.HeadDeadlines`)."""
         conn = self._hj
+        conn.timer = None
         if not conn.busy:
             if self.cycle is None and not self.transport.is_closing():  # not a byte of the first head came
                 self.transport.close()
@@ -179,7 +191,7 @@ class HijackServerMixin(HijackSettings):
 
         A handshake that declares a body is refused (closed): its body would be read as frames.
         """
-        self._hj.set(ConnState.HIJACKED)
+        self._hj.set(_HIJACKED)
         if body_length(self.headers):  # type: ignore[attr-defined]
             self.logger.warning("WebSocket handshake with a request body refused.")
             self.transport.close()
@@ -257,7 +269,7 @@ class HijackServerMixin(HijackSettings):
             event = framer.next_event()
             if event is NEED_DATA:
                 if framer.buffered:  # part of a head: it must complete in time
-                    self._hj_arm_head_timer(conn)
+                    hot.wait_for_head(self, conn)
                 break
             if event is PAUSED:
                 if framer.buffered > HIGH_WATER_LIMIT:
@@ -282,7 +294,7 @@ class HijackServerMixin(HijackSettings):
 
     def _hj_head(self, conn: hot.Connection, head: bytes) -> None:
         if conn.timer is not None:
-            conn.timer.cancel()
+            conn.timer.discard(self)
             conn.timer = None
         before = self.cycle
         self._hj_feed_head(head)
@@ -355,16 +367,12 @@ class HijackServerMixin(HijackSettings):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        conn = self._hj
-        if conn.busy:  # (the fast path's framer is shared: never closed)
-            conn.framer.close()
-        if conn.timer is not None:
-            conn.timer.cancel()
-        conn.set(ConnState.CLOSED)
-        super().connection_lost(exc)  # type: ignore[misc]
+        self._hj.lost(self)
+        self._hj_stock_connection_lost(exc)
 
     # -- the hijack ---------------------------------------------------------------------
-    async def _hj_hijack(self, cycle: Cycle, message: Message) -> HijackedConnection:
+    async def _hj_hijack(self, cycle: Cycle, message: Message, ext: dict[str, Any]) -> None:
+        """Hand the connection over; the result goes in the request's ``http.hijack`` extension (``ext``)."""
         if cycle.response_started:
             done = "completed" if cycle.response_complete else "started"
             raise ResponseStartedError(
@@ -397,8 +405,12 @@ class HijackServerMixin(HijackSettings):
         if status is not None:
             head = build_head(cycle.scope["http_version"], status, message.get("reason"), message.get("headers") or ())
         # Commit: from here on the server lets go of the connection.
-        framer = self._hj_enter_slow_path().framer
-        pending = bytes(cycle.body) + framer.hand_over()
+        pending = bytes(cycle.body)
+        eof = False
+        if conn.busy:  # (on the fast path nothing is held: the parser had exactly the head)
+            framer = conn.framer
+            pending += framer.hand_over()
+            eof = framer.eof
         scope: Any = cycle.scope
         adapter.release(cycle, self)
         self._unset_keepalive_if_required()
@@ -414,13 +426,13 @@ class HijackServerMixin(HijackSettings):
         hijacked = HijackedConnection(
             transport,
             pending,
-            eof=framer.eof,
+            eof=eof,
             info=conn.info,
             connections=self.connections,
             hijacked=live,
             shutdown_grace=self.drain_timeout if grace is None else grace,
         )
-        conn.set(ConnState.HIJACKED)
+        conn.set(_HIJACKED)
         if self.access_log:
             self.logger.info(
                 '%s - "%s %s HTTP/%s" [hijacked%s]',
@@ -432,4 +444,4 @@ class HijackServerMixin(HijackSettings):
             )
         if transport.get_write_buffer_size():  # the head is not all in the kernel yet
             await hijacked._flush()
-        return hijacked
+        ext["connection"] = hijacked

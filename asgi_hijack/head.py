@@ -11,6 +11,8 @@ _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _PHRASES = {status.value: status.phrase.encode("ascii") for status in http.HTTPStatus}
 """Reason phrases by status code (looked up per hijack: cheaper than ``HTTPStatus(status)``)."""
 _BYTES = (bytes, bytearray)
+_STATUS_LINES: dict[tuple[bytes, int], bytes] = {}
+"""Status lines with the standard phrase, made once per version and status (at most 2 x 900)."""
 
 
 def build_head(
@@ -26,14 +28,17 @@ def build_head(
     """
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 999:
         raise ValueError(f"hijack status must be an int from 100 to 999, got {status!r}")
+    version = b"HTTP/1.0" if http_version == "1.0" else b"HTTP/1.1"
     if reason is None:
-        phrase = _PHRASES.get(status, b"")
+        line = _STATUS_LINES.get((version, status))
+        if line is None:
+            line = _STATUS_LINES[version, status] = b"%s %d %s\r\n" % (version, status, _PHRASES.get(status, b""))
     else:
         phrase = reason.encode("latin-1") if isinstance(reason, str) else bytes(reason)
         if _BAD_VALUE.search(phrase):
             raise ValueError(f"hijack reason phrase must not contain control characters: {reason!r}")
-    version = b"HTTP/1.0" if http_version == "1.0" else b"HTTP/1.1"
-    lines = [b"%s %d %s\r\n" % (version, status, phrase)]
+        line = b"%s %d %s\r\n" % (version, status, phrase)
+    parts = [line]
     for name, value in headers:
         if not isinstance(name, _BYTES) or not isinstance(value, _BYTES):
             raise ValueError(f"hijack headers must be (bytes, bytes) pairs, got {(name, value)!r}")
@@ -41,9 +46,9 @@ def build_head(
             raise ValueError(f"invalid header name in hijack head: {name!r}")
         if _BAD_VALUE.search(value):
             raise ValueError(f"invalid header value in hijack head for {name!r}: control characters")
-        lines.append(b"%s: %s\r\n" % (name, value))
-    lines.append(b"\r\n")
-    return b"".join(lines)
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def build_rejection(status: int, reason: str) -> bytes:

@@ -95,9 +95,8 @@ class HijackSettings:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         own = vars(cls)
-        if isinstance(own.get("proxy_protocol", ""), str) and isinstance(own.get("proxy_trusted", ""), (str, tuple)):
-            # A server wrapper's settings are checked when its class is made, not per connection
-            # (the classes ZttpHijackProtocol makes per subclass forward them as properties: skipped).
+        if "proxy_protocol" in own or "proxy_trusted" in own:
+            # A server wrapper's settings are checked when its class is made, not per connection.
             proxy_protocol.validate(cls.proxy_protocol, cls.proxy_trusted, cls.__qualname__)
 
 

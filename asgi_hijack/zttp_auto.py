@@ -7,7 +7,8 @@ preface on cleartext (prior knowledge). ``Upgrade: h2c`` is not honoured; on
 HTTP/1.1 it is an upgrade token like any other, which the app may hijack.
 
 Settings (:class:`~asgi_hijack.settings.HijackSettings`) set on a subclass of this class
-are forwarded to the HTTP/1.1 and HTTP/2 protocols it dispatches to.
+are forwarded to the HTTP/1.1 and HTTP/2 protocols it dispatches to (copied when the subclass
+is made: set them in its class body).
 """
 
 from __future__ import annotations
@@ -18,16 +19,13 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.auto_zttp_impl import AutoZttpProtocol
 
 from . import adapter
+from ._native import hot
 from .proxy_protocol import intercept, refuse_tls
 from .settings import SETTINGS, HijackSettings
 from .zttp_h1 import ZttpH1HijackProtocol
 from .zttp_h2 import ZttpH2HijackProtocol
 
 __all__ = ["ZttpHijackProtocol"]
-
-
-def _forwarded(owner: type, name: str) -> property:
-    return property(lambda self: getattr(owner, name), doc=f"``{owner.__qualname__}.{name}``")
 
 
 class ZttpHijackProtocol(HijackSettings, AutoZttpProtocol):
@@ -44,9 +42,13 @@ class ZttpHijackProtocol(HijackSettings, AutoZttpProtocol):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        settings = {name: _forwarded(cls, name) for name in SETTINGS}
+        # Copied when the subclass is made: a class attribute costs nothing per connection to read.
+        settings = {name: getattr(cls, name) for name in SETTINGS}
         cls.h1_protocol = type(f"{cls.__name__}H1", (cls.h1_protocol,), {**settings, "__module__": cls.__module__})
         cls.h2_protocol = type(f"{cls.__name__}H2", (cls.h2_protocol,), {**settings, "__module__": cls.__module__})
+
+    _hj_heads: hot.HeadDeadlines | None = None
+    """The server's head timer, while this connection waits in it for its first bytes."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -59,12 +61,28 @@ class ZttpHijackProtocol(HijackSettings, AutoZttpProtocol):
         super().connection_made(transport)
         timer = adapter.dispatch_timer(self)
         if timer is not None:
-            # Cleartext, waiting to tell the HTTP/2 preface from HTTP/1.1: bound it by the
-            # head timeout (uvicorn uses the keep-alive timeout, even while a prefix trickles in).
+            # Cleartext, waiting to tell the HTTP/2 preface from HTTP/1.1: bound it by the head
+            # timeout (uvicorn uses the keep-alive timeout, even while a prefix trickles in), with
+            # the server's one head timer rather than one more timer per connection.
             timer.cancel()
-            adapter.set_dispatch_timer(self, self.loop.call_later(self.head_timeout, self.transport.close))
+            adapter.set_dispatch_timer(self, None)
+            self._hj_heads = hot.head_deadlines(self)
+            self._hj_heads.add(self)
+
+    def _hj_head_timed_out(self) -> None:
+        """No HTTP/1.1 or HTTP/2 bytes within ``head_timeout`` (called by the server's head timer)."""
+        self._hj_heads = None
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._hj_heads is not None:
+            self._hj_heads.discard(self)
+        super().connection_lost(exc)
 
     def _switch(self, http2: bool, initial_data: bytes = b"") -> None:
+        if self._hj_heads is not None:
+            self._hj_heads.discard(self)
+            self._hj_heads = None
         protocol_class = self.h2_protocol if http2 else self.h1_protocol
         protocol: asyncio.Protocol = protocol_class(
             config=self.config, server_state=self.server_state, app_state=self.app_state, _loop=self.loop

@@ -11,7 +11,8 @@ do not depend on the load of the machine, unlike CPU time, so small differences 
 Workloads: ``get``, keep-alive GETs of :func:`bench.apps.hello` on one connection (ours and stock
 serve the same app); ``handshake``, ours hijacks (:func:`bench.apps.tcp_upgrade`: new connection,
 ``Upgrade: tcp``, ``101``, one 64-byte echo, close) against stock uvicorn answering a ``Connection:
-close`` GET of :func:`bench.apps.hello` on a new connection (the cheapest plain exchange).
+close`` GET of :func:`bench.apps.hello` on a new connection (the cheapest plain exchange);
+``close``, that ``Connection: close`` GET on a new connection on both (what a new connection costs).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 from bench.clients import ECHOES, PREFACES
 from bench.procs import HOST, ROOT, free_port, hijack_http
 
-GOALS = {"get": 1.02, "handshake": 1.0}
+GOALS = {"get": 1.02, "close": 1.02, "handshake": 1.0}
 """Ours / stock instructions per exchange, at most, per workload."""
 _REQUEST = b"GET / HTTP/1.1\r\nHost: %s:%d\r\n\r\n"
 _TOTALS = re.compile(rb"^(?:summary|totals): (\d+)", re.MULTILINE)
@@ -125,6 +126,14 @@ def per_handshake(parser: str, ours: bool, requests: int, warmup: int, loop: str
     )
 
 
+def per_close(parser: str, ours: bool, requests: int, warmup: int, loop: str, idle: float = 3.0) -> float:
+    """Server instructions per ``Connection: close`` GET on a new connection."""
+    http = hijack_http(parser) if ours else parser
+    return per_exchange(
+        "bench.apps:hello", http, lambda port: _connections(port, "close"), requests, warmup, loop, idle
+    )
+
+
 def per_exchange(
     app: str, http: str, client: Callable[[int], Exchange], requests: int, warmup: int, loop: str, idle: float
 ) -> float:
@@ -182,7 +191,7 @@ def measure(
     parsers: Sequence[str], requests: int, warmup: int, loop: str, workload: str = "get"
 ) -> dict[str, dict[str, float]]:
     """Instructions per exchange of ours and stock, and their ratio, per parser."""
-    count = per_handshake if workload == "handshake" else per_request
+    count = {"get": per_request, "close": per_close, "handshake": per_handshake}[workload]
     results: dict[str, dict[str, float]] = {}
     for parser in parsers:
         ours = count(parser, True, requests, warmup, loop)

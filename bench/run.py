@@ -280,14 +280,20 @@ class Runner:
         """
         count = self.s.instr_handshakes
         for parser in self.parsers:
-            ours, stock = f"{HIJACK_PROTOCOLS[parser]} hijack", f"{parser} Connection: close GET"
+            hijack = f"{HIJACK_PROTOCOLS[parser]} hijack (callgrind)"
+            stock = f"{parser} Connection: close GET (callgrind)"
+            ours = f"{HIJACK_PROTOCOLS[parser]} Connection: close GET (callgrind)"
             variants: dict[str, Measure] = {
-                f"{ours} (callgrind)": counted(parser, ours=True, requests=count, workload="handshake"),
-                f"{stock} (callgrind)": counted(parser, ours=False, requests=count, workload="handshake"),
+                hijack: counted(parser, ours=True, requests=count, workload="handshake"),
+                stock: counted(parser, ours=False, requests=count, workload="close"),
+                ours: counted(parser, ours=True, requests=count, workload="close"),
             }
-            ours, stock = variants
             results = alternate(f"{section} [{parser}, callgrind]", variants, 1)
-            self.rows_for(section, results, [(ours, stock, "instructions", "instr", Goal(1.0, lower=True))])
+            pairs: list[Pair] = [
+                (hijack, stock, "instructions", "instr", Goal(1.0, lower=True)),
+                (ours, stock, "instructions", "instr", Goal(instructions.GOALS["close"], lower=True)),
+            ]
+            self.rows_for(section, results, pairs)
 
     def memory(self, section: str) -> None:
         """RSS per idle connection: hijacked vs keep-alive on stock uvicorn (and on the hijack protocol)."""
@@ -435,10 +441,11 @@ class Runner:
 
 
 def counted(parser: str, *, ours: bool, requests: int, workload: str = "get") -> Measure:
-    """Measure of the server instructions per exchange (:data:`bench.instructions.GOALS`) under callgrind."""
-    if workload == "handshake":
-        return lambda: {"instructions": instructions.per_handshake(parser, ours, requests, 50, "uvloop")}
-    return lambda: {"instructions": instructions.per_request(parser, ours, requests, 200, "uvloop")}
+    """Measure of the server instructions per exchange of ``workload`` (see :data:`bench.instructions.GOALS`)."""
+    if workload == "get":
+        return lambda: {"instructions": instructions.per_request(parser, ours, requests, 200, "uvloop")}
+    count = instructions.per_handshake if workload == "handshake" else instructions.per_close
+    return lambda: {"instructions": count(parser, ours, requests, 50, "uvloop")}
 
 
 def relayed(measure: Measure, size: int) -> Measure:
@@ -567,7 +574,9 @@ saturated: the baseline may then be faster than shown.
    `bench/apps.py:hello` instead (new connection, request, response, close), on the same parser; and the
    same two exchanges one after the other from one client, {s.instr_handshakes:,} each after 50 unmeasured,
    with the server under callgrind (`python -m bench.instructions --workload handshake`, as in 6): server
-   instructions per exchange, which do not depend on the machine's load.
+   instructions per exchange, which do not depend on the machine's load. Also under callgrind, what a new
+   connection costs on our class: the same `Connection: close` GET on both (`--workload close`; goal as for
+   an ordinary request in 6).
 4. **Memory**: growth of the server's RSS while a client holds {s.idle_count:,} idle connections (after a
    warm-up), per connection: hijacked (the app awaits a command on `conn.reader`) vs keep-alive on stock
    uvicorn; also keep-alive on our protocol class, and idle `asyncio.start_server` connections running the
