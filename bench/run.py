@@ -283,16 +283,21 @@ class Runner:
             hijack = f"{HIJACK_PROTOCOLS[parser]} hijack (callgrind)"
             stock = f"{parser} Connection: close GET (callgrind)"
             ours = f"{HIJACK_PROTOCOLS[parser]} Connection: close GET (callgrind)"
+            plain = "the echo on asyncio.start_server, no HTTP (callgrind)"
             variants: dict[str, Measure] = {
                 hijack: counted(parser, ours=True, requests=count, workload="handshake"),
                 stock: counted(parser, ours=False, requests=count, workload="close"),
                 ours: counted(parser, ours=True, requests=count, workload="close"),
             }
+            if parser == self.parsers[0]:  # the same server whatever the parser: once
+                variants[plain] = counted(parser, ours=False, requests=count, workload="plain")
             results = alternate(f"{section} [{parser}, callgrind]", variants, 1)
             pairs: list[Pair] = [
                 (hijack, stock, "instructions", "instr", Goal(1.0, lower=True)),
                 (ours, stock, "instructions", "instr", Goal(instructions.GOALS["close"], lower=True)),
             ]
+            if plain in variants:
+                pairs.append((plain, stock, "instructions", "instr", None))
             self.rows_for(section, results, pairs)
 
     def memory(self, section: str) -> None:
@@ -444,8 +449,8 @@ def counted(parser: str, *, ours: bool, requests: int, workload: str = "get") ->
     """Measure of the server instructions per exchange of ``workload`` (see :data:`bench.instructions.GOALS`)."""
     if workload == "get":
         return lambda: {"instructions": instructions.per_request(parser, ours, requests, 200, "uvloop")}
-    count = instructions.per_handshake if workload == "handshake" else instructions.per_close
-    return lambda: {"instructions": count(parser, ours, requests, 50, "uvloop")}
+    count = {"handshake": instructions.per_handshake, "close": instructions.per_close, "plain": instructions.per_plain}
+    return lambda: {"instructions": count[workload](parser, ours, requests, 50, "uvloop")}
 
 
 def relayed(measure: Measure, size: int) -> Measure:
@@ -576,7 +581,9 @@ saturated: the baseline may then be faster than shown.
    with the server under callgrind (`python -m bench.instructions --workload handshake`, as in 6): server
    instructions per exchange, which do not depend on the machine's load. Also under callgrind, what a new
    connection costs on our class: the same `Connection: close` GET on both (`--workload close`; goal as for
-   an ordinary request in 6).
+   an ordinary request in 6); and, for scale, the handshake's echo alone (connect, `echo` and 64 bytes, their
+   echo, close) on a plain `asyncio.start_server` server on the same loop, with no HTTP (`--workload plain`):
+   what asyncio streams cost by themselves, against the stock `Connection: close` GET.
 4. **Memory**: growth of the server's RSS while a client holds {s.idle_count:,} idle connections (after a
    warm-up), per connection: hijacked (the app awaits a command on `conn.reader`) vs keep-alive on stock
    uvicorn; also keep-alive on our protocol class, and idle `asyncio.start_server` connections running the
