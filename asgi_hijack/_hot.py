@@ -242,8 +242,9 @@ class HeadDeadlines:
                 self.handle = self.loop.call_at(deadline, self._expire)
                 break
             due.append(protocol)
-        for protocol in due:
+        for protocol in due:  # all leave first: a timeout may close (and so discard) another
             del self.waiting[protocol]
+        for protocol in due:
             try:
                 protocol._hj_head_timed_out()
             except Exception:

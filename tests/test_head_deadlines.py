@@ -135,3 +135,31 @@ def test_a_protocol_gets_its_servers_timer_for_its_head_timeout(module: ModuleTy
         assert module.head_deadlines(elsewhere) is not heads
 
     asyncio.run(main())
+
+
+def test_a_timeout_that_closes_another_waiting_connection_is_harmless(
+    module: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    errors: list[dict[str, Any]] = []
+
+    async def main() -> list[tuple[str, float]]:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        heads = module.HeadDeadlines(loop, TIMEOUT)
+        log: list[tuple[str, float]] = []
+        second = Waiter(loop, log, "second")
+
+        class Closer(Waiter):
+            def _hj_head_timed_out(self) -> None:
+                super()._hj_head_timed_out()
+                heads.discard(second)  # as a connection closed now would (connection_lost)
+
+        heads.add(Closer(loop, log, "first"))
+        heads.add(second)
+        await asyncio.sleep(TIMEOUT + 0.1)
+        assert not heads.waiting
+        return log
+
+    with caplog.at_level(logging.ERROR, logger="uvicorn.error"):
+        assert asyncio.run(main())[0][0] == "first"
+    assert "head timeout of" not in caplog.text and not errors
