@@ -27,3 +27,6 @@ cpdef HeadDeadlines head_deadlines(protocol)
 
 @cython.locals(heads=HeadDeadlines)
 cpdef wait_for_head(protocol, Connection conn)
+
+
+cpdef forget_request(self, cycle)

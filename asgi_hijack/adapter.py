@@ -135,11 +135,14 @@ class ServerState(Protocol):
 class H1Protocol(Protocol):
     """What the core uses of ``H11Protocol``, ``HttpToolsProtocol`` and ``ZttpProtocol``.
 
-    Besides these attributes the core overrides ``data_received``, ``eof_received``,
-    ``connection_made``, ``connection_lost`` and ``_unsupported_upgrade_warning`` (called
-    by each parser class for an Upgrade that is not a WebSocket one), and reads
-    ``transport.get_protocol()`` to see that uvicorn handed a connection to its WebSocket
-    implementation. ``self.app`` is replaced per instance to enter the app through the core.
+    Besides these attributes the core overrides ``__init__``, ``data_received``, ``eof_received``,
+    ``connection_made``, ``connection_lost``, ``on_response_complete`` and
+    ``_unsupported_upgrade_warning`` (called by each parser class for an Upgrade that is not
+    a WebSocket one), and reads ``transport.get_protocol()`` to see that uvicorn handed a
+    connection to its WebSocket implementation. ``self.app`` is replaced per instance to enter
+    the app through the core. Between requests (a response complete, its request body all
+    read) the core sets ``cycle``, ``scope`` and ``headers`` to None, as before a first
+    request: every parser class sets them anew for the next head, and reads them as None-able.
     """
 
     app: Any
@@ -152,7 +155,9 @@ class H1Protocol(Protocol):
     flow: FlowControl
     server_state: ServerState
     connections: set[Any]  # server_state.connections
-    cycle: Cycle | None  # the current request; None before the first head
+    cycle: Cycle | None  # the current request; None before the first head and between requests
+    scope: Any  # the current request's; None between requests
+    headers: Any  # the current request head's pairs; None between requests
 
     def on_response_complete(self) -> None: ...  # counts the request, arms keep-alive, unpauses pipelining
     def _unset_keepalive_if_required(self) -> None: ...  # cancels the keep-alive timer

@@ -116,6 +116,7 @@ class HijackServerMixin(HijackSettings):
         config: Any
         cycle: Any  # adapter.Cycle | None; Any here, as each parser class declares its own type
         scope: Any
+        headers: Any  # the request head's, as a list of pairs
         flow: Any  # adapter.FlowControl
         transport: asyncio.Transport
         connections: set[Any]
@@ -125,11 +126,11 @@ class HijackServerMixin(HijackSettings):
         access_log: bool
 
         def _unset_keepalive_if_required(self) -> None: ...
-        def on_response_complete(self) -> None: ...
         def _hj_stock_init(self, *args: Any, **kwargs: Any) -> None: ...
         def _hj_stock_connection_made(self, transport: Any) -> None: ...
         def _hj_stock_connection_lost(self, exc: Exception | None) -> None: ...
         def _hj_stock_data_received(self, data: bytes) -> None: ...
+        def _hj_stock_on_response_complete(self) -> None: ...
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -139,6 +140,7 @@ class HijackServerMixin(HijackSettings):
         cls._hj_stock_connection_made = stock.connection_made  # type: ignore[method-assign]
         cls._hj_stock_connection_lost = stock.connection_lost  # type: ignore[method-assign]
         cls._hj_stock_data_received = stock.data_received  # type: ignore[method-assign]
+        cls._hj_stock_on_response_complete = stock.on_response_complete  # type: ignore[method-assign]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._hj_stock_init(*args, **kwargs)
@@ -185,6 +187,7 @@ class HijackServerMixin(HijackSettings):
 
     # -- the fast path --------------------------------------------------------------
     data_received = hot.data_received  # the fast path: see asgi_hijack._hot
+    on_response_complete = hot.on_response_complete  # uvicorn's, then the finished request is let go
 
     def _hj_handed_to_websocket(self, rest: bytes) -> None:
         """uvicorn gave the connection to its WebSocket implementation; pass on the bytes after the head.
@@ -192,7 +195,7 @@ class HijackServerMixin(HijackSettings):
         A handshake that declares a body is refused (closed): its body would be read as frames.
         """
         self._hj.set(_HIJACKED)
-        if body_length(self.headers):  # type: ignore[attr-defined]
+        if body_length(self.headers):
             self.logger.warning("WebSocket handshake with a request body refused.")
             self.transport.close()
         elif rest:
@@ -318,13 +321,18 @@ class HijackServerMixin(HijackSettings):
         if skipped:
             cycle.more_body = False
             cycle.message_event.set()
-        elif cycle.more_body:  # the parser disagrees about where the body ends
-            self._hj_reject(400, "Invalid HTTP request received.")
-            return
+        elif cycle.more_body:
+            if not cycle.response_complete:  # the parser disagrees about where the body ends
+                self._hj_reject(400, "Invalid HTTP request received.")
+                return
+            # Answered before its body arrived: uvicorn's h11 and httptools classes drop the rest
+            # of the body and leave the flag as it was (zttp's clears it).
+            cycle.more_body = False
         if self.transport.is_closing():
             conn.framer.close()
         elif cycle.response_complete:
             conn.framer.response_complete()
+            hot.forget_request(self, cycle)
 
     def _hj_deliver(self, content: bytes) -> None:
         """Hand body bytes the parser skipped to the request, as the parser would have."""

@@ -322,9 +322,12 @@ class Runner:
         self.rows_for(section, results, pairs, delta=True)
 
     def idle_measure(self, app: str, http: str, kind: str, count: int, *, plain: bool = False) -> Measure:
-        """Fresh server; RSS growth per connection while a client holds ``count`` idle connections.
+        """Fresh server; RSS growth per connection over the second half of ``count`` idle connections.
 
-        ``plain`` connects to the app's ``asyncio.start_server`` instead of uvicorn.
+        The first half takes up what the server's allocators hold free after start-up (the
+        compiler's garbage, which differs with what each server imports), so the second half's
+        growth is the steady cost of one more connection. ``plain`` connects to the app's
+        ``asyncio.start_server`` instead of uvicorn.
         """
 
         def measure() -> Result:
@@ -341,16 +344,19 @@ class Runner:
                     if client.stdout.readline().strip() != "warm":
                         raise RuntimeError("idle client failed while warming up")
                     time.sleep(0.5)
-                    rss, fds = server.rss_kib(), server.fds()
-                    client.stdin.write("\n")
-                    client.stdin.flush()
-                    opened = json.loads(client.stdout.readline())["opened"]
-                    deadline = time.monotonic() + 10  # established client-side may still wait in the accept queue
-                    while server.fds() - fds < opened and time.monotonic() < deadline:
-                        time.sleep(0.2)
-                    rss, fds = server.rss_kib() - rss, server.fds() - fds
-                    if opened < count or fds < opened:
-                        raise RuntimeError(f"only {opened}/{count} connections opened, {fds} server fds")
+                    growth = []
+                    for half in (count // 2, count - count // 2):
+                        rss, fds = server.rss_kib(), server.fds()
+                        client.stdin.write("\n")
+                        client.stdin.flush()
+                        opened = json.loads(client.stdout.readline())["opened"]
+                        deadline = time.monotonic() + 10  # established client-side may still wait in the accept queue
+                        while server.fds() - fds < opened and time.monotonic() < deadline:
+                            time.sleep(0.2)
+                        rss, fds = server.rss_kib() - rss, server.fds() - fds
+                        if opened < half or fds < opened:
+                            raise RuntimeError(f"only {opened}/{half} connections opened, {fds} server fds")
+                        growth.append(rss / opened)
                     client.stdin.write("\n")
                     client.stdin.flush()
                     client.wait(30)
@@ -358,7 +364,7 @@ class Runner:
                     if client.poll() is None:
                         client.kill()
                         client.wait()
-            return {"value": rss / opened}
+            return {"value": growth[1], "first_half": growth[0]}
 
         return measure
 
@@ -584,10 +590,13 @@ saturated: the baseline may then be faster than shown.
    an ordinary request in 6); and, for scale, the handshake's echo alone (connect, `echo` and 64 bytes, their
    echo, close) on a plain `asyncio.start_server` server on the same loop, with no HTTP (`--workload plain`):
    what asyncio streams cost by themselves, against the stock `Connection: close` GET.
-4. **Memory**: growth of the server's RSS while a client holds {s.idle_count:,} idle connections (after a
-   warm-up), per connection: hijacked (the app awaits a command on `conn.reader`) vs keep-alive on stock
-   uvicorn; also keep-alive on our protocol class, and idle `asyncio.start_server` connections running the
-   same coroutine (what the streams and the app task cost by themselves).
+4. **Memory**: a client opens {s.idle_count:,} idle connections in two halves (after a warm-up); the row is
+   the growth of the server's RSS over the second half, per connection (the first half takes up what the
+   allocators hold free after start-up, which depends on what each server imported and compiled: without it
+   stock httptools, which imports less, looked 0.3 KiB cheaper per connection than it is). Hijacked (the app
+   awaits a command on `conn.reader`) vs keep-alive on stock uvicorn; also keep-alive on our protocol class,
+   and idle `asyncio.start_server` connections running the same coroutine (what the streams and the app task
+   cost by themselves).
 5. **CONNECT proxy**: {s.proxy_bytes >> 20} MiB each way through a CONNECT tunnel to a Go upstream (on the client
    core), with the proxy app `{runner.proxy_app}` (`examples/connect_proxy.py` joins the tunnel with
    `conn.relay()`, `asgi_hijack.relay`), once on the splice path (`splice(2)` through a pipe, the default between

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import socket
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from asgi_hijack import hijack
 from asgi_hijack.lifecycle import STATE_HOOKS_KEY, ConnectionInfo, ConnState
 from asgi_hijack.testing import RunningServer
 from tests.apps import respond
-from tests.helpers import PARSERS, connect, recv_all, recv_until
+from tests.helpers import PARSERS, connect, recv_all, recv_until, wait_until
 
 
 async def identity_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -291,3 +293,52 @@ def test_a_waiting_read_is_cut_by_a_deadline_set_or_moved_while_it_waits(hijack_
     exc, waited = DEADLINE_RESULTS["read-moved"]
     assert isinstance(exc, TimeoutError) and "set_read_deadline" in str(exc)
     assert 0.6 < waited < 3  # the first deadline (0.3 s in) was moved to 0.8 s in: it did not fire
+
+
+class _Marker:
+    """Put in a request's scope: it lives exactly as long as something holds that scope."""
+
+
+_markers: list[weakref.ref[_Marker]] = []
+
+
+async def marking_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Marks the scope and answers at once, without reading any request body."""
+    if scope["type"] != "http":
+        return
+    marker = scope["marker"] = _Marker()
+    _markers.append(weakref.ref(marker))
+    del marker
+    await respond(send, 200, b"ok")
+
+
+def _freed(ref: weakref.ref[_Marker]) -> bool:
+    gc.collect()
+    return ref() is None
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_an_idle_keep_alive_connection_keeps_nothing_of_its_last_request(hijack_server: Any, parser: str) -> None:
+    server = hijack_server(marking_app, parser)
+    with connect(server) as sock:
+        for _ in range(2):
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert recv_until(sock, b"ok").endswith(b"\r\n\r\nok")
+            # The connection is open and idle: its request (scope, headers, cycle) is already gone.
+            assert wait_until(lambda: _freed(_markers[-1])), "the finished request is still held"
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize("first", [0, 5], ids=["head-alone", "head-and-half-the-body"])
+def test_a_request_answered_before_its_body_arrived_is_kept_until_the_body_is_read(
+    hijack_server: Any, parser: str, first: int
+) -> None:
+    server = hijack_server(marking_app, parser)
+    body = b"0123456789"
+    with connect(server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n" + body[:first])
+        assert recv_until(sock, b"ok").endswith(b"\r\n\r\nok")
+        time.sleep(0.2)
+        sock.sendall(body[first:] + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # the rest of the body, the next request
+        assert recv_until(sock, b"ok").endswith(b"\r\n\r\nok")
+        assert len(_markers) >= 2 and wait_until(lambda: _freed(_markers[-2]) and _freed(_markers[-1]))

@@ -203,8 +203,12 @@ def test_unix_sockets_are_trusted_only_when_listed(parser: str, trusted: str, se
     with serve(whoami_app, cls, uds=str(path)), socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(5)
         sock.connect(str(path))
-        sock.sendall(proxy_header(2, CLIENT, FRONT) + GET)
-        data = recv_to_close(sock).data
+        try:
+            sock.sendall(proxy_header(2, CLIENT, FRONT) + GET)
+        except BrokenPipeError:  # refused (closed) before the header went out: unix sockets report it on send
+            data = b""
+        else:
+            data = recv_to_close(sock).data
     assert (report(data)["client"] == list(CLIENT)) if served else data == b""
 
 
