@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import socket
 import time
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asgi_hijack import IncompleteBodyError
-from asgi_hijack.testing import RunningServer
+from asgi_hijack.testing import RunningServer, protocol_class
 from tests.apps import RESULTS
 from tests.helpers import PARSERS, connect, recv_all, recv_until
 
@@ -43,6 +44,28 @@ def test_large_run_right_after_a_get(probe_server: RunningServer) -> None:
     payload = os.urandom(100 * 1024)
     out = exchange(probe_server, [b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n" + payload])
     assert out == payload
+
+
+def _refuses_bare_lf(server: RunningServer) -> bool:
+    """httptools and zttp refuse (400) a chunk where a bare-LF head (LF LF) comes before CRLF CRLF, as
+    stock uvicorn does: the fast path looks for bare LF only where the parser accepts them (h11)."""
+    cls: Any = protocol_class(server.server.config.http)
+    return bool(getattr(cls, "h1_protocol", cls)._hj_strict_lf)
+
+
+def test_a_head_ending_in_bare_lf_and_the_next_one_in_one_segment(probe_server: RunningServer) -> None:
+    """The first head ends at LF LF: what follows is never parsed with it, though the chunk ends in CRLF CRLF."""
+    pipelined = b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n"
+    out = exchange(probe_server, [b"GET /echo HTTP/1.1\nHost: x\n\n" + pipelined])
+    if _refuses_bare_lf(probe_server):
+        assert out.startswith(b"HTTP/1.1 400 ") and out.count(b"HTTP/1.1") == 1
+    else:
+        assert out == pipelined
+
+
+def test_a_head_with_a_bare_lf_line_that_ends_in_crlf(probe_server: RunningServer) -> None:
+    out = exchange(probe_server, [b"GET /echo HTTP/1.1\nHost: x\r\n\r\nafter the head"])
+    assert out == b"after the head"
 
 
 def test_pipelined_requests_after_the_hijacked_one_are_raw_bytes(probe_server: RunningServer) -> None:
