@@ -589,7 +589,9 @@ saturated: the baseline may then be faster than shown.
    connection costs on our class: the same `Connection: close` GET on both (`--workload close`; goal as for
    an ordinary request in 6); and, for scale, the handshake's echo alone (connect, `echo` and 64 bytes, their
    echo, close) on a plain `asyncio.start_server` server on the same loop, with no HTTP (`--workload plain`):
-   what asyncio streams cost by themselves, against the stock `Connection: close` GET.
+   what asyncio streams cost by themselves, against the stock `Connection: close` GET. `ZttpHijackProtocol`
+   also tells HTTP/2 from HTTP/1.1 on each new connection, which stock `--http zttp` (HTTP/1.1 only) does
+   not; stock `--http zttp --http2` does, and costs about 10% more per new connection than without.
 4. **Memory**: a client opens {s.idle_count:,} idle connections in two halves (after a warm-up); the row is
    the growth of the server's RSS over the second half, per connection (the first half takes up what the
    allocators hold free after start-up, which depends on what each server imported and compiled: without it
