@@ -2,17 +2,27 @@
 cimport cython
 
 
-cdef class HeadDeadlines:
-    cdef public object handle, loop, timeout
+cdef class Deadlines:
+    cdef public object expire, handle, loop, timeout
     cdef public dict waiting
 
-    cpdef add(self, protocol)
-    cpdef discard(self, protocol)
+    cpdef add(self, key)
+    cpdef discard(self, key)
+
+
+cdef class KeepAliveLoop:
+    cdef public Deadlines deadlines
+    cdef public object loop
+
+
+cdef class KeepAlive:
+    cdef public Deadlines deadlines
+    cdef public object callback
 
 
 cdef class Connection:
-    cdef public object app, framer, hooks, info, stock_data_received
-    cdef public HeadDeadlines timer
+    cdef public object app, framer, hooks, info, keep_alive, stock_data_received
+    cdef public Deadlines timer
     cdef public dict extension
     cdef public bint busy, strict_lf, upgrade
 
@@ -21,12 +31,11 @@ cdef class Connection:
 cpdef data_received(self, data)
 
 
-@cython.locals(heads=HeadDeadlines)
-cpdef HeadDeadlines head_deadlines(protocol)
-
-
-@cython.locals(heads=HeadDeadlines)
-cpdef wait_for_head(protocol, Connection conn)
-
-
 cpdef forget_request(self, cycle)
+
+
+cpdef Deadlines head_deadlines(protocol)
+
+
+@cython.locals(heads=Deadlines)
+cpdef wait_for_head(protocol, Connection conn)

@@ -25,10 +25,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Connection",
-    "HeadDeadlines",
+    "Deadlines",
+    "KeepAlive",
+    "KeepAliveLoop",
     "data_received",
     "forget_request",
     "head_deadlines",
+    "keep_alive_loop",
     "on_response_complete",
     "send_or_hijack",
     "wait_for_head",
@@ -40,8 +43,9 @@ Send = Callable[[Message], Awaitable[None]]
 _logger = logging.getLogger("uvicorn.error")
 _NEW, _ACTIVE, _HIJACKED, _CLOSED = ConnState.NEW, ConnState.ACTIVE, ConnState.HIJACKED, ConnState.CLOSED
 """(An enum member read from its class costs as much as a dict made: these are read once.)"""
-_HEADS = "_asgi_hijack_heads"
-"""The attribute of uvicorn's ``ServerState`` that holds the server's :class:`HeadDeadlines`."""
+_HEADS, _KEEP_ALIVE, _KEEP_ALIVE_LOOP = "_asgi_hijack_heads", "_asgi_hijack_keep_alive", "_asgi_hijack_keep_alive_loop"
+"""Attributes of uvicorn's ``ServerState``: the server's head and keep-alive :class:`Deadlines`, and its
+:class:`KeepAliveLoop`."""
 _RESOLUTION = 0.001
 """Seconds by which a timer may fire early (event loops round to milliseconds)."""
 
@@ -80,13 +84,25 @@ def data_received(self: HijackServerMixin, data: bytes) -> None:
 def on_response_complete(self: HijackServerMixin) -> None:
     """``HijackServerMixin.on_response_complete``: uvicorn's, then the finished request is let go.
 
+    uvicorn's starts the keep-alive timeout: it runs with :class:`KeepAliveLoop` as the loop,
+    so the timeout is an entry in the server's :class:`Deadlines`, not a timer per request.
+
     Once the response is complete and the request body all read, the connection needs nothing
     of the request: an app still running holds its own cycle, whose ``receive()`` now answers
     ``http.disconnect`` at once. So an idle keep-alive connection keeps no request cycle,
     scope or headers (about 2.5 KiB) until its next request, as a new connection.
     """
     cycle = self.cycle
-    type(self)._hj_stock_on_response_complete(self)  # (no bound method made)
+    conn = self._hj
+    stand_in = conn.keep_alive
+    if stand_in is None:
+        stand_in = conn.keep_alive = keep_alive_loop(self)
+    loop = self.loop
+    self.loop = stand_in  # type: ignore[assignment]  # its keep-alive timer joins the Deadlines
+    try:
+        type(self)._hj_stock_on_response_complete(self)  # (no bound method made)
+    finally:
+        self.loop = loop
     if cycle is not None and not cycle.more_body:
         forget_request(self, cycle)
 
@@ -113,6 +129,7 @@ class Connection:
         "framer",
         "hooks",
         "info",
+        "keep_alive",
         "stock_data_received",
         "strict_lf",
         "timer",
@@ -127,7 +144,8 @@ class Connection:
         self.app = protocol.app
         self.busy = False  # off the fast path: the framer is up to date
         self.framer = framer
-        self.timer: HeadDeadlines | None = None  # the head timeouts this connection waits in, while it does
+        self.timer: Deadlines | None = None  # the head timeouts this connection waits in, while it does
+        self.keep_alive: KeepAliveLoop | None = None  # the server's, once a response completed
         self.upgrade = False  # the parser reported a non-WebSocket upgrade
         self.strict_lf = protocol._hj_strict_lf  # the parser rejects bare LF (see HijackServerMixin._hj_strict_lf)
         # The parser protocol's data_received (a function).
@@ -233,61 +251,123 @@ _special: Callable[[Send, dict[str, Any], Message], Awaitable[None]] | None = No
 """``asgi_hijack.core.special_send``, once imported."""
 
 
-class HeadDeadlines:
-    """The head timeouts of one server: one timer for all its connections, not one each.
+class Deadlines:
+    """Timeouts of one duration on one server: one timer for all of them, not one each.
 
-    Connections join in the order they start to wait and all wait ``timeout`` seconds, so
-    their deadlines come in that order: the timer is set for the first and, when it fires,
-    times out every connection that is due (its ``_hj_head_timed_out()``) and is set again for
-    the first that is not. A connection that gets its head leaves; the timer is not moved.
+    Entries (``key``) join in the order they start and all last ``timeout`` seconds, so their
+    deadlines come in that order: the timer is set for the first and, when it fires, calls
+    ``expire(key)`` for every entry that is due and is set again for the first that is not.
+    An entry that leaves early (``discard``) does not move the timer.
     """
 
-    __slots__ = ("handle", "loop", "timeout", "waiting")
+    __slots__ = ("expire", "handle", "loop", "timeout", "waiting")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, expire: Callable[[Any], object]) -> None:
         self.loop = loop
         self.timeout = timeout
+        self.expire = expire
         self.waiting: dict[Any, float] = {}
-        """Protocol -> deadline (loop time), in the order of the deadlines."""
+        """Key -> deadline (loop time), in the order of the deadlines."""
         self.handle: asyncio.TimerHandle | None = None
 
-    def add(self, protocol: Any) -> None:
-        """``protocol`` waits for a head from now on."""
+    def add(self, key: Any) -> None:
+        """``key``'s timeout starts now."""
         deadline = self.loop.time() + self.timeout
-        self.waiting[protocol] = deadline
+        self.waiting[key] = deadline
         if self.handle is None:
             self.handle = self.loop.call_at(deadline, self._expire)
 
-    def discard(self, protocol: Any) -> None:
-        """``protocol`` no longer waits (it has its head, or it is closed)."""
-        self.waiting.pop(protocol, None)
+    def discard(self, key: Any) -> None:
+        """``key`` no longer times out (a head came, the connection closed, ...)."""
+        self.waiting.pop(key, None)
 
     def _expire(self) -> None:
         self.handle = None
         due = []
         now = self.loop.time() + _RESOLUTION
-        for protocol, deadline in self.waiting.items():
+        for key, deadline in self.waiting.items():
             if deadline > now:
                 self.handle = self.loop.call_at(deadline, self._expire)
                 break
-            due.append(protocol)
-        for protocol in due:  # all leave first: a timeout may close (and so discard) another
-            del self.waiting[protocol]
-        for protocol in due:
+            due.append(key)
+        for key in due:  # all leave first: a timeout may close (and so discard) another
+            del self.waiting[key]
+        for key in due:
             try:
-                protocol._hj_head_timed_out()
+                self.expire(key)
             except Exception:
-                _logger.exception("head timeout of %r failed", protocol)
+                _logger.exception("timeout of %r failed", key)
 
 
-def head_deadlines(protocol: Any) -> HeadDeadlines:
-    """The head timer of ``protocol``'s server (uvicorn's ``ServerState``) for its ``head_timeout``."""
+def _head_timed_out(protocol: Any) -> None:
+    protocol._hj_head_timed_out()
+
+
+def _call(callback: Callable[[], object]) -> None:
+    callback()
+
+
+def _deadlines(protocol: Any, name: str, timeout: float, expire: Callable[[Any], object]) -> Deadlines:
+    """The :class:`Deadlines` of ``protocol``'s server (uvicorn's ``ServerState``) called ``name``, for ``timeout``."""
     state = protocol.server_state
-    heads: HeadDeadlines | None = getattr(state, _HEADS, None)
-    if heads is None or heads.timeout != protocol.head_timeout or heads.loop is not protocol.loop:
-        heads = HeadDeadlines(protocol.loop, protocol.head_timeout)
-        setattr(state, _HEADS, heads)
-    return heads
+    found: Deadlines | None = getattr(state, name, None)
+    if found is None or found.timeout != timeout or found.loop is not protocol.loop:
+        found = Deadlines(protocol.loop, timeout, expire)
+        setattr(state, name, found)
+    return found
+
+
+def head_deadlines(protocol: Any) -> Deadlines:
+    """The head timeouts of ``protocol``'s server, for its ``head_timeout``: they call ``_hj_head_timed_out()``."""
+    return _deadlines(protocol, _HEADS, protocol.head_timeout, _head_timed_out)
+
+
+class KeepAliveLoop:
+    """Stands in for the event loop while uvicorn's ``on_response_complete`` runs: the keep-alive
+    timer it starts joins the server's :class:`Deadlines` (a dict entry, not a timer per request).
+
+    Anything else it is asked for is the loop's own.
+    """
+
+    __slots__ = ("deadlines", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadlines: Deadlines) -> None:
+        self.loop = loop
+        self.deadlines = deadlines
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Any:
+        """The keep-alive timeout (``delay`` is the server's): a :class:`KeepAlive`; anything else: the loop's."""
+        if args or delay != self.deadlines.timeout:
+            return self.loop.call_later(delay, callback, *args)
+        self.deadlines.add(callback)
+        return KeepAlive(self.deadlines, callback)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loop, name)
+
+
+class KeepAlive:
+    """A keep-alive timeout in the server's :class:`Deadlines`: what uvicorn holds as its timer."""
+
+    __slots__ = ("callback", "deadlines")
+
+    def __init__(self, deadlines: Deadlines, callback: Callable[..., object]) -> None:
+        self.deadlines = deadlines
+        self.callback = callback
+
+    def cancel(self) -> None:
+        """The connection is busy again, or closed: the timeout does not fire."""
+        self.deadlines.discard(self.callback)
+
+
+def keep_alive_loop(protocol: Any) -> KeepAliveLoop:
+    """The :class:`KeepAliveLoop` of ``protocol``'s server, for its ``timeout_keep_alive``."""
+    deadlines = _deadlines(protocol, _KEEP_ALIVE, protocol.timeout_keep_alive, _call)
+    stand_in: KeepAliveLoop | None = getattr(protocol.server_state, _KEEP_ALIVE_LOOP, None)
+    if stand_in is None or stand_in.deadlines is not deadlines:
+        stand_in = KeepAliveLoop(protocol.loop, deadlines)
+        setattr(protocol.server_state, _KEEP_ALIVE_LOOP, stand_in)
+    return stand_in
 
 
 def wait_for_head(protocol: Any, conn: Connection) -> None:

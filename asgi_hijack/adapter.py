@@ -143,6 +143,9 @@ class H1Protocol(Protocol):
     the app through the core. Between requests (a response complete, its request body all
     read) the core sets ``cycle``, ``scope`` and ``headers`` to None, as before a first
     request: every parser class sets them anew for the next head, and reads them as None-able.
+    While uvicorn's ``on_response_complete`` runs, ``loop`` is a stand-in whose ``call_later``
+    for ``timeout_keep_alive`` joins the server's keep-alive deadlines (each parser class
+    starts its keep-alive timer there, and nowhere else); all else is the loop's.
     """
 
     app: Any

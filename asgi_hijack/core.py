@@ -157,7 +157,7 @@ class HijackServerMixin(HijackSettings):
         self._hj.opened(self, transport)
 
     def _hj_head_timed_out(self) -> None:
-        """No complete head within ``head_timeout`` (called by :class:`~asgi_hijack._hot.HeadDeadlines`)."""
+        """No complete head within ``head_timeout`` (called by the server's :class:`~asgi_hijack._hot.Deadlines`)."""
         conn = self._hj
         conn.timer = None
         if not conn.busy:

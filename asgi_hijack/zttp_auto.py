@@ -47,7 +47,7 @@ class ZttpHijackProtocol(HijackSettings, AutoZttpProtocol):
         cls.h1_protocol = type(f"{cls.__name__}H1", (cls.h1_protocol,), {**settings, "__module__": cls.__module__})
         cls.h2_protocol = type(f"{cls.__name__}H2", (cls.h2_protocol,), {**settings, "__module__": cls.__module__})
 
-    _hj_heads: hot.HeadDeadlines | None = None
+    _hj_heads: hot.Deadlines | None = None
     """The server's head timer, while this connection waits in it for its first bytes."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

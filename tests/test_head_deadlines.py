@@ -1,4 +1,4 @@
-"""The server's one head timer (``HeadDeadlines``), on a real event loop, without sockets.
+"""The server's timers for head and keep-alive timeouts (``Deadlines``), on a real event loop, without sockets.
 
 Stand-in protocols record when their head timed out. Both builds are checked: the module
 as it runs (compiled where the build made the extension) and its Python source.
@@ -38,6 +38,10 @@ def module(request: pytest.FixtureRequest) -> Iterator[ModuleType]:
     yield hot if request.param == "as built" else _source()
 
 
+def _timed_out(protocol: Any) -> None:
+    protocol._hj_head_timed_out()
+
+
 class Waiter:
     """A protocol waiting for its head: records the loop time of its timeout."""
 
@@ -51,7 +55,7 @@ class Waiter:
 def test_each_connection_times_out_at_its_own_deadline_in_order(module: ModuleType) -> None:
     async def main() -> tuple[list[tuple[str, float]], dict[str, float]]:
         loop = asyncio.get_running_loop()
-        heads = module.HeadDeadlines(loop, TIMEOUT)
+        heads = module.Deadlines(loop, TIMEOUT, _timed_out)
         log: list[tuple[str, float]] = []
         added: dict[str, float] = {}
         for name in "abc":
@@ -71,7 +75,7 @@ def test_each_connection_times_out_at_its_own_deadline_in_order(module: ModuleTy
 def test_a_connection_that_leaves_never_times_out_and_the_next_one_still_does(module: ModuleType) -> None:
     async def main() -> list[tuple[str, float]]:
         loop = asyncio.get_running_loop()
-        heads = module.HeadDeadlines(loop, TIMEOUT)
+        heads = module.Deadlines(loop, TIMEOUT, _timed_out)
         log: list[tuple[str, float]] = []
         first, second = Waiter(loop, log, "first"), Waiter(loop, log, "second")
         heads.add(first)
@@ -88,7 +92,7 @@ def test_a_connection_that_leaves_never_times_out_and_the_next_one_still_does(mo
 def test_one_timer_serves_every_waiting_connection(module: ModuleType) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        heads = module.HeadDeadlines(loop, TIMEOUT)
+        heads = module.Deadlines(loop, TIMEOUT, _timed_out)
         log: list[tuple[str, float]] = []
         heads.add(Waiter(loop, log, "0"))
         handle = heads.handle
@@ -110,7 +114,7 @@ def test_a_timeout_that_raises_is_logged_and_the_others_still_run(
 
     async def main() -> list[tuple[str, float]]:
         loop = asyncio.get_running_loop()
-        heads = module.HeadDeadlines(loop, TIMEOUT)
+        heads = module.Deadlines(loop, TIMEOUT, _timed_out)
         log: list[tuple[str, float]] = []
         heads.add(Broken())
         heads.add(Waiter(loop, log, "after"))
@@ -119,7 +123,7 @@ def test_a_timeout_that_raises_is_logged_and_the_others_still_run(
 
     with caplog.at_level(logging.ERROR, logger="uvicorn.error"):
         assert [name for name, _ in asyncio.run(main())] == ["after"]
-    assert "head timeout of" in caplog.text and "boom" in caplog.text
+    assert "timeout of" in caplog.text and "boom" in caplog.text
 
 
 def test_a_protocol_gets_its_servers_timer_for_its_head_timeout(module: ModuleType) -> None:
@@ -145,7 +149,7 @@ def test_a_timeout_that_closes_another_waiting_connection_is_harmless(
     async def main() -> list[tuple[str, float]]:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _, context: errors.append(context))
-        heads = module.HeadDeadlines(loop, TIMEOUT)
+        heads = module.Deadlines(loop, TIMEOUT, _timed_out)
         log: list[tuple[str, float]] = []
         second = Waiter(loop, log, "second")
 
@@ -162,4 +166,27 @@ def test_a_timeout_that_closes_another_waiting_connection_is_harmless(
 
     with caplog.at_level(logging.ERROR, logger="uvicorn.error"):
         assert asyncio.run(main())[0][0] == "first"
-    assert "head timeout of" not in caplog.text and not errors
+    assert "timeout of" not in caplog.text and not errors
+
+
+def test_keep_alive_timeouts_join_the_servers_deadlines(module: ModuleType) -> None:
+    """uvicorn's ``loop.call_later(timeout_keep_alive, handler)``, asked of the stand-in loop, is a
+    ``Deadlines`` entry that ``cancel()`` removes; any other ``call_later`` is the loop's own."""
+
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        protocol: Any = SimpleNamespace(server_state=SimpleNamespace(), timeout_keep_alive=TIMEOUT, loop=loop)
+        stand_in = module.keep_alive_loop(protocol)
+        assert module.keep_alive_loop(protocol) is stand_in
+        fired: list[str] = []
+        kept = stand_in.call_later(TIMEOUT, lambda: fired.append("kept"))
+        cancelled = stand_in.call_later(TIMEOUT, lambda: fired.append("cancelled"))
+        other = stand_in.call_later(TIMEOUT / 2, lambda: fired.append("other"))
+        assert isinstance(other, asyncio.TimerHandle) and isinstance(kept, module.KeepAlive)
+        assert stand_in.create_task == loop.create_task  # the rest is the loop's
+        cancelled.cancel()
+        await asyncio.sleep(TIMEOUT + 0.1)
+        assert not stand_in.deadlines.waiting
+        return fired
+
+    assert asyncio.run(main()) == ["other", "kept"]

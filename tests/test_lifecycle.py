@@ -21,7 +21,7 @@ from asgi_hijack import hijack
 from asgi_hijack.lifecycle import STATE_HOOKS_KEY, ConnectionInfo, ConnState
 from asgi_hijack.testing import RunningServer
 from tests.apps import respond
-from tests.helpers import PARSERS, connect, recv_all, recv_until, wait_until
+from tests.helpers import PARSERS, connect, recv_all, recv_to_close, recv_until, wait_until
 
 
 async def identity_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -342,3 +342,19 @@ def test_a_request_answered_before_its_body_arrived_is_kept_until_the_body_is_re
         sock.sendall(body[first:] + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # the rest of the body, the next request
         assert recv_until(sock, b"ok").endswith(b"\r\n\r\nok")
         assert len(_markers) >= 2 and wait_until(lambda: _freed(_markers[-2]) and _freed(_markers[-1]))
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_the_keep_alive_timeout_closes_an_idle_connection_and_each_request_restarts_it(
+    hijack_server: Any, parser: str
+) -> None:
+    server = hijack_server(marking_app, parser, timeout_keep_alive=0.5)
+    with connect(server) as sock:
+        for _ in range(3):  # 0.3 s apart: past the first response's timeout, which each request cancelled
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert recv_until(sock, b"ok").endswith(b"\r\n\r\nok")
+            since = time.monotonic()
+            time.sleep(0.3)
+        closing = recv_to_close(sock)
+    assert closing.how == "eof" and closing.data == b""
+    assert 0.45 <= closing.at - since <= 3.0, "the keep-alive timeout did not close the idle connection in time"
