@@ -39,3 +39,7 @@ cpdef Deadlines head_deadlines(protocol)
 
 @cython.locals(heads=Deadlines)
 cpdef wait_for_head(protocol, Connection conn)
+
+
+@cython.locals(timer=Deadlines)
+cpdef head_came(protocol, Connection conn)

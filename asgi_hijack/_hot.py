@@ -30,6 +30,7 @@ __all__ = [
     "KeepAliveLoop",
     "data_received",
     "forget_request",
+    "head_came",
     "head_deadlines",
     "keep_alive_loop",
     "on_response_complete",
@@ -63,10 +64,8 @@ def data_received(self: HijackServerMixin, data: bytes) -> None:
                 and (conn.strict_lf or 10 not in data.replace(b"\r\n", b""))  # no bare LF (10; h11 takes them)
                 and data[0] != 67  # "C": CONNECT takes the slow path
             ):
-                timer = conn.timer
-                if timer is not None:  # the connection's first head, which came in time
-                    timer.discard(self)
-                    conn.timer = None
+                if conn.timer is not None:  # the connection's first head, which came in time
+                    head_came(self, conn)
                 try:
                     conn.stock_data_received(self, data)
                 except UnicodeDecodeError:  # zttp decodes the target as ASCII unguarded
@@ -187,10 +186,7 @@ class Connection:
         """The connection is closed (``protocol`` is its protocol)."""
         if self.busy:  # (the fast path's framer is shared: never closed)
             self.framer.close()
-        timer = self.timer
-        if timer is not None:
-            timer.discard(protocol)
-            self.timer = None
+        head_came(protocol, self)
         self.set(_CLOSED)
 
     def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> Awaitable[None]:
@@ -375,3 +371,11 @@ def wait_for_head(protocol: Any, conn: Connection) -> None:
     if conn.timer is None:
         heads = conn.timer = head_deadlines(protocol)
         heads.add(protocol)
+
+
+def head_came(protocol: Any, conn: Connection) -> None:
+    """Stop the head timeout of ``protocol`` (whose state is ``conn``), if it runs: its head came, or it closed."""
+    timer = conn.timer
+    if timer is not None:
+        timer.discard(protocol)
+        conn.timer = None

@@ -296,9 +296,7 @@ class HijackServerMixin(HijackSettings):
                 conn.framer = _FAST_PATH_FRAMER
 
     def _hj_head(self, conn: hot.Connection, head: bytes) -> None:
-        if conn.timer is not None:
-            conn.timer.discard(self)
-            conn.timer = None
+        hot.head_came(self, conn)
         before = self.cycle
         self._hj_feed_head(head)
         framer = conn.framer

@@ -66,11 +66,12 @@ def _keepalive_gets(port: int) -> Exchange:
     return exchange
 
 
-def _connections(port: int, kind: str) -> Exchange:
+def _connections(port: int, kind: str, *, http: bool = True) -> Exchange:
     """A new connection per exchange (``bench.clients`` handshake ``kind``: ``tcp`` or ``close``).
 
     The client half-closes after the reply and reads to EOF, so that each exchange, the server's
     close included, is over before the next begins (the server sees the same FIN as on a close).
+    Without ``http``, only what follows the HTTP exchange (a plain server's echo).
     """
     request, status = PREFACES[kind]
     message, reply = ECHOES[kind]
@@ -78,10 +79,11 @@ def _connections(port: int, kind: str) -> Exchange:
     def exchange(count: int) -> None:
         for _ in range(count):
             with socket.create_connection((HOST, port), timeout=120) as sock:
-                sock.sendall(request)
-                data = _recv_until(sock, lambda data: b"\r\n\r\n" in data)
-                if not data.startswith(b"HTTP/1.1 %d " % status):
-                    raise ConnectionError(f"unexpected answer {data[:40]!r}")
+                if http:
+                    sock.sendall(request)
+                    data = _recv_until(sock, lambda data: b"\r\n\r\n" in data)
+                    if not data.startswith(b"HTTP/1.1 %d " % status):
+                        raise ConnectionError(f"unexpected answer {data[:40]!r}")
                 if message:  # after the 101, as bench.clients does: no pending bytes
                     sock.sendall(message)
                     _recv_until(sock, lambda data: data == reply)
@@ -142,25 +144,9 @@ def per_plain(parser: str, ours: bool, requests: int, warmup: int, loop: str, id
     http = hijack_http(parser) if ours else parser
     plain = free_port()
     return per_exchange(
-        "bench.apps:hello", http, lambda port: _plain_echoes(plain), requests, warmup, loop, idle,
+        "bench.apps:hello", http, lambda port: _connections(plain, "tcp", http=False), requests, warmup, loop, idle,
         env={"BENCH_PLAIN_PORT": str(plain)},
     )  # fmt: skip
-
-
-def _plain_echoes(port: int) -> Exchange:
-    """The handshake's echo and close on a new connection, without the HTTP upgrade before it."""
-    message, reply = ECHOES["tcp"]
-
-    def exchange(count: int) -> None:
-        for _ in range(count):
-            with socket.create_connection((HOST, port), timeout=120) as sock:
-                sock.sendall(message)
-                _recv_until(sock, lambda data: data == reply)
-                sock.shutdown(socket.SHUT_WR)
-                while sock.recv(4096):
-                    pass
-
-    return exchange
 
 
 def per_exchange(
