@@ -25,8 +25,9 @@ takes the sockets over from their transports first: it pauses reading, writes th
 bytes through the other transport and waits until that transport's write buffer is empty,
 then drives a duplicate of each socket from the event loop (``add_reader``/``add_writer``,
 non-blocking splices). The pipe (1 MiB where the user's pipe quota allows, as Go sets it) is
-the only buffer, so a full socket stops the splicing
-from the other one (back-pressure); EOF, errors and closing are handled as above. TLS,
+the only buffer: it is filled from one socket while it is emptied into the other (unlike Go,
+which drains it before it reads again), and a full pipe stops the splicing from the sender
+(back-pressure); EOF, errors and closing are handled as above. TLS,
 other systems, unix sockets and anything that is not a live socket take the transport path;
 :func:`relay_path` is the one place that chooses, and ``ASGI_HIJACK_SPLICE=0`` turns
 splicing off.
@@ -44,7 +45,9 @@ import contextlib
 import fcntl
 import os
 import socket
+import struct
 import sys
+import termios
 from collections.abc import Callable
 from typing import Literal, cast
 
@@ -185,7 +188,6 @@ def _plain_tcp(transport: asyncio.BaseTransport) -> bool:
 
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_NONBLOCK", 0) | getattr(os, "SPLICE_F_MOVE", 0)
 _PIPE_SIZE = 1 << 20  # as Go (1.21+) sets it: 16 times fewer splices than the default 64 KiB pipe, half the CPU
-_SPLICE_MAX = _PIPE_SIZE  # asked per splice; the kernel moves at most a pipe's worth
 _ROUNDS = 16  # splices in and out per readiness callback at most, so that other connections get their turn
 
 
@@ -207,6 +209,19 @@ def _descriptors(a: asyncio.Transport, b: asyncio.Transport) -> list[int]:
             os.close(fd)
         raise
     return fds
+
+
+def _pipe_size(fd: int) -> int:
+    """The capacity of the pipe whose end is ``fd`` (1 MiB if the quota allowed, else the default 64 KiB)."""
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+    except OSError:
+        return 1 << 16
+
+
+def _unread(fd: int) -> int:
+    """Bytes received on socket ``fd`` and not read yet."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
 
 
 class _Socket(asyncio.Protocol):
@@ -255,85 +270,105 @@ class _Socket(asyncio.Protocol):
 class _Direction:
     """Bytes from ``src`` to ``dst`` through a kernel pipe.
 
-    ``src`` is read (spliced into the pipe) only while the pipe is empty; while it is not,
-    the relay waits for ``dst`` to be writable and splices the pipe out. So at most a
-    pipe's worth is in flight, and a peer that does not read stops the other from sending.
+    ``src`` is read (spliced into the pipe) while the pipe has room, and the pipe is spliced
+    out to ``dst`` while it holds bytes and ``dst`` takes them: both at once, so the sender
+    is not stopped while the receiver catches up. At most a pipe's worth is in flight: when
+    it is full, ``src`` is not read until ``dst`` takes some, so a peer that does not read
+    stops the other from sending.
     """
 
     def __init__(self, relay: _SpliceRelay, src: _Socket, dst: _Socket, pipe: tuple[int, int]) -> None:
         self.relay, self.src, self.dst = relay, src, dst
         self.loop = asyncio.get_running_loop()
         self.pipe_r, self.pipe_w = pipe
+        self.capacity = _pipe_size(self.pipe_w)
         self.queued = 0  # bytes in the pipe
         self.forwarded = 0
+        self.full = False  # a splice into the pipe found no room: read src again once dst took some
+        self.reading = False  # add_reader(src) is on
+        self.writing = False  # add_writer(dst) is on
         self.started = False  # dst's transport had flushed its write buffer
         self.eof = False  # nothing more comes from src
-        self.waiting = False  # for dst to be writable (src is not read meanwhile)
         self.done = False
 
     def start(self) -> None:
         """Begin splicing (``dst``'s transport has nothing left to write)."""
         self.started = True
-        if self.eof:
-            self._finish()
-        else:
-            self.loop.add_reader(self.src.fd, self._readable)
+        self._watch()
 
     def _readable(self) -> None:
-        for _ in range(_ROUNDS):  # until src has nothing more or dst is full, then back to the loop
+        for _ in range(_ROUNDS):  # until src has nothing more or the pipe is full, then back to the loop
             try:
-                moved = os.splice(self.src.fd, self.pipe_w, _SPLICE_MAX, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                return
+                moved = os.splice(self.src.fd, self.pipe_w, self.capacity - self.queued, flags=_SPLICE_FLAGS)
+            except BlockingIOError:  # src has nothing, or the pipe has no room left (in its page slots)
+                self.full = self.queued > 0 and _unread(self.src.fd) > 0
+                break
             except OSError as exc:
                 self.relay.fail(self.src, exc)
                 return
             if not moved:
-                self.loop.remove_reader(self.src.fd)
                 self.eof = True
-                self._finish()
-                return
+                break
             self.forwarded += moved
-            self.queued = moved
-            self._push()
-            if self.waiting or self.done:
-                return
+            self.queued += moved
+            if not self._splice_out() or self.queued >= self.capacity:
+                break
+        self._watch()
 
-    def _push(self) -> None:
-        """Splice the pipe out to ``dst``; switch between reading ``src`` and waiting for ``dst``."""
+    def _writable(self) -> None:
+        if self._splice_out():
+            self._watch()
+
+    def _splice_out(self) -> bool:
+        """Splice what the pipe holds out to ``dst``, as much as it takes; False if the relay failed."""
         try:
-            self.queued -= os.splice(self.pipe_r, self.dst.fd, self.queued, flags=_SPLICE_FLAGS)
+            moved = os.splice(self.pipe_r, self.dst.fd, self.queued, flags=_SPLICE_FLAGS)
         except BlockingIOError:
-            pass
+            return True
         except OSError as exc:
             self.relay.fail(self.dst, exc)
+            return False
+        self.queued -= moved
+        if moved:
+            self.full = False
+        return True
+
+    def _watch(self) -> None:
+        """Watch ``src`` while the pipe has room and ``dst`` while it holds bytes; finish after EOF, once empty."""
+        if self.done:
             return
-        if self.queued and not self.waiting:
-            self.waiting = True
-            self.loop.remove_reader(self.src.fd)
-            self.loop.add_writer(self.dst.fd, self._push)
-        elif not self.queued and self.waiting:
-            self.waiting = False
-            self.loop.remove_writer(self.dst.fd)
-            if self.eof:
-                self._finish()
-            else:
+        if self.eof and not self.queued:
+            self._set(reading=False, writing=False)
+            self._finish()
+            return
+        self._set(reading=not (self.eof or self.full or self.queued >= self.capacity), writing=self.queued > 0)
+
+    def _set(self, *, reading: bool, writing: bool) -> None:
+        if reading != self.reading:
+            self.reading = reading
+            if reading:
                 self.loop.add_reader(self.src.fd, self._readable)
+            else:
+                self.loop.remove_reader(self.src.fd)
+        if writing != self.writing:
+            self.writing = writing
+            if writing:
+                self.loop.add_writer(self.dst.fd, self._writable)
+            else:
+                self.loop.remove_writer(self.dst.fd)
 
     def src_ended(self) -> None:
         """``src`` was closed: forward what the pipe holds, then finish."""
         if self.done or self.eof:
             return
         self.eof = True
-        self.loop.remove_reader(self.src.fd)
-        if self.started and not self.waiting:
-            self._finish()
+        if self.started:
+            self._watch()
 
     def halt(self) -> None:
         """``dst`` was closed: drop what the pipe holds and stop."""
         self.done = True
-        self.loop.remove_reader(self.src.fd)
-        self.loop.remove_writer(self.dst.fd)
+        self._set(reading=False, writing=False)
 
     def _finish(self) -> None:
         self.done = True

@@ -22,6 +22,7 @@ import pytest
 import uvloop
 
 from asgi_hijack import hijack
+from asgi_hijack import relay as relay_module
 from asgi_hijack.relay import SPLICE_ENV, relay_path, relay_streams
 from tests.helpers import connect, make_certificate, recv_until, wait_until
 
@@ -38,11 +39,18 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     return str(request.param)
 
 
-async def _pair() -> tuple[Streams, Streams]:
-    """The two ends of a loopback TCP connection as streams: (relay side, far end)."""
+async def _pair(buffers: int | None = None) -> tuple[Streams, Streams]:
+    """The two ends of a loopback TCP connection as streams: (relay side, far end).
+
+    ``buffers``: the far end's receive and the relay side's send buffer sizes (fixed, not autotuned)."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
-        far = socket.create_connection(listener.getsockname())
+        far = socket.socket()
+        if buffers:
+            far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffers)  # before connecting: the window
+        far.connect(listener.getsockname())
         near, _ = listener.accept()
+        if buffers:
+            near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffers)
     return await asyncio.open_connection(sock=near), await asyncio.open_connection(sock=far)
 
 
@@ -57,14 +65,18 @@ def _sockets_and_pipes() -> list[str]:
 
 
 async def _relayed(
-    path: str, body: Body, a_first: bytes = b"", client_pair: Callable[[], Awaitable[tuple[Streams, Streams]]] = _pair
+    path: str,
+    body: Body,
+    a_first: bytes = b"",
+    client_pair: Callable[[], Awaitable[tuple[Streams, Streams]]] = _pair,
+    upstream_buffers: int | None = None,
 ) -> None:
     """Relay between two socket pairs, run ``body(client, upstream, relay_task)``, which ends the relay.
 
     Then both relayed streams must have seen the end, and no socket or pipe may be left open.
     """
     before = _sockets_and_pipes()
-    (a_near, client), (b_near, upstream) = await client_pair(), await _pair()
+    (a_near, client), (b_near, upstream) = await client_pair(), await _pair(upstream_buffers)
     assert relay_path(a_near[1].transport, b_near[1].transport) == path
     if a_first:
         client[1].write(a_first)
@@ -186,6 +198,38 @@ def test_back_pressure_bounds_buffering(loop: str, path: str) -> None:
         assert (await task)[0] == 256 << 20
 
     _run(loop, _relayed(path, body))
+
+
+@LOOPS
+@pytest.mark.parametrize("pipe", [1 << 20, 4096], ids=["1MiB-pipe", "1-page-pipe"])
+def test_stop_and_go_reader_gets_every_byte_in_order(
+    loop: str, path: str, pipe: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver, behind small socket buffers, stalls again and again (the relay's pipe fills up,
+    then drains): nothing is lost, repeated or reordered while the relay stops and resumes reading.
+
+    A one-page pipe has a single slot: it is full after one splice of any size, which a byte count
+    does not show (the relay must not spin on a readable socket it cannot splice from)."""
+    monkeypatch.setattr(relay_module, "_PIPE_SIZE", pipe)
+    rng = random.Random(7)
+    size = 12 << 20
+
+    async def stop_and_go(reader: asyncio.StreamReader) -> tuple[int, str]:
+        digest, got = hashlib.sha256(), 0
+        while data := await reader.read(rng.choice((1, 4096, 1 << 20))):
+            digest.update(data)
+            got += len(data)
+            if rng.random() < 0.02:
+                await asyncio.sleep(0.02)  # long enough for the pipe to fill
+        return got, digest.hexdigest()
+
+    async def body(client: Streams, upstream: Streams, task: asyncio.Task[tuple[int, int]]) -> None:
+        sent, got = await asyncio.gather(_send_then_eof(client[1], random.Random(8), size), stop_and_go(upstream[0]))
+        assert got == (size, sent)
+        upstream[1].close()
+        assert await task == (size, 0)
+
+    _run(loop, _relayed(path, body, upstream_buffers=16384))
 
 
 def _rst(writer: asyncio.StreamWriter) -> None:
