@@ -21,14 +21,22 @@ cdef class KeepAlive:
 
 
 cdef class Connection:
-    cdef public object app, framer, hooks, info, keep_alive, stock_data_received
+    cdef public object app, framer, hooks, info, keep_alive, stock_data_received, stock_on_response_complete
+    cdef public object upgrade_memo
     cdef public Deadlines timer
     cdef public dict extension
     cdef public bint busy, strict_lf, upgrade
+    cdef public Py_ssize_t started
+
+    cpdef set(self, state)
 
 
 @cython.locals(conn=Connection)
 cpdef data_received(self, data)
+
+
+@cython.locals(conn=Connection)
+cpdef on_response_complete(self)
 
 
 cpdef forget_request(self, cycle)

@@ -99,7 +99,7 @@ def on_response_complete(self: HijackServerMixin) -> None:
     loop = self.loop
     self.loop = stand_in  # type: ignore[assignment]  # its keep-alive timer joins the Deadlines
     try:
-        type(self)._hj_stock_on_response_complete(self)  # (no bound method made)
+        conn.stock_on_response_complete(self)  # (no bound method made)
     finally:
         self.loop = loop
     if cycle is not None and not cycle.more_body:
@@ -129,10 +129,13 @@ class Connection:
         "hooks",
         "info",
         "keep_alive",
+        "started",
         "stock_data_received",
+        "stock_on_response_complete",
         "strict_lf",
         "timer",
         "upgrade",
+        "upgrade_memo",
     )
 
     def __init__(self, protocol: HijackServerMixin, framer: Framer) -> None:
@@ -146,9 +149,13 @@ class Connection:
         self.timer: Deadlines | None = None  # the head timeouts this connection waits in, while it does
         self.keep_alive: KeepAliveLoop | None = None  # the server's, once a response completed
         self.upgrade = False  # the parser reported a non-WebSocket upgrade
+        self.upgrade_memo: tuple[Any, bool] | None = None  # see HttpToolsHijackProtocol._should_upgrade
+        self.started = 0  # requests started (``info`` learns it when a hook runs or the state changes)
         self.strict_lf = protocol._hj_strict_lf  # the parser rejects bare LF (see HijackServerMixin._hj_strict_lf)
-        # The parser protocol's data_received (a function).
-        self.stock_data_received = type(protocol)._hj_stock_data_received
+        # The parser protocol's data_received and on_response_complete (functions).
+        cls = type(protocol)
+        self.stock_data_received = cls._hj_stock_data_received
+        self.stock_on_response_complete = cls._hj_stock_on_response_complete
 
     def opened(self, protocol: HijackServerMixin, transport: Any) -> None:
         """The connection is made: fill in its identity, and wait for the first head."""
@@ -166,12 +173,17 @@ class Connection:
             "state": info.state,
             "proxy": info.proxy,
         }
-        self.set(_NEW)
+        if self.hooks:  # (the state is NEW already)
+            self.set(_NEW)
         wait_for_head(protocol, self)
 
     def set(self, state: ConnState) -> None:
         """Move to ``state`` and run the hooks (a hook that raises is logged, not fatal)."""
         info = self.info
+        started = self.started
+        if info._started != started:
+            info._started = started
+            info.request_index = started - 1
         current = info._conn_state
         if current is _HIJACKED or current is _CLOSED:
             return
@@ -199,9 +211,8 @@ class Connection:
         method, not a new closure per request (a function and two cells less to make).
         """
         ext: dict[str, Any] = {}
-        info = self.info
-        index = info.request_index = info._started
-        info._started = index + 1
+        index = self.started
+        self.started = index + 1
         view = self.extension
         view["request_index"] = index
         scope["extensions"] = {EXTENSION: ext, CONNECTION_EXTENSION: view}

@@ -63,7 +63,7 @@ Message = dict[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 
 
-_HIJACKED = ConnState.HIJACKED
+_HIJACKED, _IDLE = ConnState.HIJACKED, ConnState.IDLE
 _FAST_PATH_FRAMER = Framer()
 """The framer of every connection on the fast path, which has none of its own (less memory per idle
 keep-alive connection). It is never used: leaving the fast path gives a connection a new framer."""
@@ -244,7 +244,7 @@ class HijackServerMixin(HijackSettings):
         conn = self._hj
         closing = self.transport.is_closing()
         if conn.hooks and not closing:
-            conn.set(ConnState.IDLE)
+            conn.set(_IDLE)
         if not conn.busy:
             return
         framer = conn.framer

@@ -24,6 +24,16 @@ class HttpToolsHijackProtocol(HijackServerMixin, HttpToolsProtocol):
     def _hj_upgrade_body_skipped(self) -> bool:
         return True
 
+    def _should_upgrade(self) -> bool:
+        # uvicorn asks three times per Upgrade or CONNECT request (headers complete, message
+        # complete, and when llhttp stops), and scans every header each time: scan once. (The
+        # memo keeps the request's headers; such a request closes the connection unless hijacked.)
+        conn = self._hj
+        memo = conn.upgrade_memo
+        if memo is None or memo[0] is not self.headers:
+            memo = conn.upgrade_memo = (self.headers, super()._should_upgrade())
+        return memo[1]
+
     def _hj_feed_head(self, head: bytes) -> None:
         match = _AUTHORITY_CONNECT.match(head)
         if match is None:

@@ -49,6 +49,9 @@ def peer_credentials(sock: socket.socket | None) -> tuple[int, int, int] | None:
     return pid, uid, gid
 
 
+_NEW = ConnState.NEW  # (an enum member read from its class costs as much as a dict made: read once)
+
+
 class ConnectionInfo:
     """The identity of one accepted HTTP/1.x connection (``conn.info``, and what state hooks receive).
 
@@ -69,7 +72,7 @@ class ConnectionInfo:
         self.proxy: Any = None
         """The connection's :class:`~asgi_hijack.proxy_protocol.ProxyHeader` (None without the PROXY protocol)."""
         self._transport: Any = None
-        self._conn_state = ConnState.NEW
+        self._conn_state = _NEW
 
     def __repr__(self) -> str:
         return f"<ConnectionInfo id={self.id} request_index={self.request_index} {self._conn_state.value}>"

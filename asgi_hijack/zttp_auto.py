@@ -17,6 +17,7 @@ import asyncio
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.auto_zttp_impl import AutoZttpProtocol
+from uvicorn.protocols.utils import is_ssl
 
 from . import adapter
 from ._native import hot
@@ -58,16 +59,15 @@ class ZttpHijackProtocol(HijackSettings, AutoZttpProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if self.proxy_protocol != "off" and intercept(self, transport, self.proxy_protocol, self.proxy_trusted):
             return  # PROXY protocol: called again once the header is read, before the HTTP/2 sniffing
-        super().connection_made(transport)
-        timer = adapter.dispatch_timer(self)
-        if timer is not None:
-            # Cleartext, waiting to tell the HTTP/2 preface from HTTP/1.1: bound it by the head
-            # timeout (uvicorn uses the keep-alive timeout, even while a prefix trickles in), with
-            # the server's one head timer rather than one more timer per connection.
-            timer.cancel()
-            adapter.set_dispatch_timer(self, None)
-            self._hj_heads = hot.head_deadlines(self)
-            self._hj_heads.add(self)
+        if is_ssl(transport):  # ALPN decides: uvicorn's connection_made switches protocols at once
+            super().connection_made(transport)
+            return
+        # Cleartext, waiting to tell the HTTP/2 preface from HTTP/1.1: bound it by the head timeout
+        # (uvicorn uses the keep-alive timeout, even while a prefix trickles in), with the server's
+        # one head timer instead of a timer per connection.
+        adapter.dispatch_without_timer(self, super().connection_made, transport)
+        self._hj_heads = hot.head_deadlines(self)
+        self._hj_heads.add(self)
 
     def _hj_head_timed_out(self) -> None:
         """No HTTP/1.1 or HTTP/2 bytes within ``head_timeout`` (called by the server's head timer)."""
