@@ -21,13 +21,14 @@ cdef class KeepAlive:
 
 
 cdef class Connection:
-    cdef public object app, framer, hooks, info, keep_alive, stock_data_received, stock_on_response_complete
+    cdef public object app, conn_state, framer, hooks, info, keep_alive, stock_data_received, stock_on_response_complete
     cdef public object upgrade_memo
     cdef public Deadlines timer
     cdef public dict extension
     cdef public bint busy, strict_lf, upgrade
     cdef public Py_ssize_t started
 
+    cpdef identity(self, transport)
     cpdef set(self, state)
 
 
@@ -42,7 +43,15 @@ cpdef on_response_complete(self)
 cpdef forget_request(self, cycle)
 
 
+@cython.locals(found=Deadlines)
+cpdef Deadlines _deadlines(protocol, name, timeout, expire)
+
+
 cpdef Deadlines head_deadlines(protocol)
+
+
+@cython.locals(deadlines=Deadlines, stand_in=KeepAliveLoop)
+cpdef KeepAliveLoop keep_alive_loop(protocol)
 
 
 @cython.locals(heads=Deadlines)

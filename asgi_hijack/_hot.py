@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import adapter
 from .api import EXTENSION
-from .lifecycle import CONNECTION_EXTENSION, ConnectionInfo, ConnState, peer_credentials, registered_hooks
+from .lifecycle import (
+    CONNECTION_EXTENSION,
+    STATE_HOOKS_KEY,
+    ConnectionInfo,
+    ConnState,
+    next_connection_id,
+    peer_credentials,
+    registered_hooks,
+)
 
 if TYPE_CHECKING:
     import asyncio
@@ -124,6 +132,7 @@ class Connection:
     __slots__ = (
         "app",
         "busy",
+        "conn_state",
         "extension",
         "framer",
         "hooks",
@@ -139,8 +148,12 @@ class Connection:
     )
 
     def __init__(self, protocol: HijackServerMixin, framer: Framer) -> None:
-        self.hooks = registered_hooks(protocol.conn_state_hooks, protocol.app_state)
-        self.info = ConnectionInfo()
+        class_hooks = protocol.conn_state_hooks
+        app_state = protocol.app_state
+        self.hooks = registered_hooks(class_hooks, app_state) if class_hooks or STATE_HOOKS_KEY in app_state else ()
+        self.conn_state = _NEW
+        self.info: ConnectionInfo | None = None
+        """Made when first needed (:meth:`identity`): when the connection opens if there are hooks, else on a hijack."""
         self.extension: dict[str, Any] = {}
         """The ``http.connection`` extension: one view per connection, ``request_index`` set per request."""
         self.app = protocol.app
@@ -159,35 +172,53 @@ class Connection:
 
     def opened(self, protocol: HijackServerMixin, transport: Any) -> None:
         """The connection is made: fill in its identity, and wait for the first head."""
-        info = self.info
+        credentials = proxy = None
         local = protocol.server  # uvicorn's local address: a port only on TCP
         if local is None or local[1] is None:  # maybe a unix socket (TCP needs no look at the socket's family)
-            info.peer_credentials = peer_credentials(transport.get_extra_info("socket"))
-        info._transport = transport
+            credentials = peer_credentials(transport.get_extra_info("socket"))
         if protocol.proxy_protocol != "off":
-            info.proxy = transport.get_extra_info("proxy")
+            proxy = transport.get_extra_info("proxy")
         self.extension = {
-            "id": info.id,
+            "id": next_connection_id(),
             "request_index": 0,
-            "peer_credentials": info.peer_credentials,
-            "state": info.state,
-            "proxy": info.proxy,
+            "peer_credentials": credentials,
+            "state": {},
+            "proxy": proxy,
         }
         if self.hooks:  # (the state is NEW already)
+            self.identity(transport)
             self.set(_NEW)
         wait_for_head(protocol, self)
 
-    def set(self, state: ConnState) -> None:
-        """Move to ``state`` and run the hooks (a hook that raises is logged, not fatal)."""
+    def identity(self, transport: Any) -> ConnectionInfo:
+        """The connection's :class:`ConnectionInfo`, up to date: made on first use (``transport`` is the
+        connection's), when it opens if there are hooks, else when it is hijacked."""
         info = self.info
+        if info is None:
+            view = self.extension
+            info = self.info = ConnectionInfo(
+                view["id"],
+                peer_credentials=view["peer_credentials"],
+                state=view["state"],
+                proxy=view["proxy"],
+                transport=transport,
+            )
+        info._conn_state = self.conn_state
         started = self.started
         if info._started != started:
             info._started = started
             info.request_index = started - 1
-        current = info._conn_state
+        return info
+
+    def set(self, state: ConnState) -> None:
+        """Move to ``state`` and run the hooks (a hook that raises is logged, not fatal)."""
+        current = self.conn_state
         if current is _HIJACKED or current is _CLOSED:
             return
-        info._conn_state = state
+        self.conn_state = state
+        if self.info is None:  # nobody has it: no hooks (they get it when the connection opens), no hijack
+            return
+        info = self.identity(None)
         for hook in self.hooks:
             try:
                 hook(info, state)

@@ -433,7 +433,7 @@ class HijackServerMixin(HijackSettings):
             transport,
             pending,
             eof=eof,
-            info=conn.info,
+            info=conn.identity(transport),
             connections=self.connections,
             hijacked=live,
             shutdown_grace=self.drain_timeout if grace is None else grace,

@@ -25,6 +25,8 @@ STATE_HOOKS_KEY = "asgi_hijack.conn_state"
 """Lifespan-state key under which an app registers its connection state hooks."""
 
 _ids = itertools.count(1)
+next_connection_id: Callable[[], int] = _ids.__next__
+"""A new connection id (1, 2, ...)."""
 
 
 class ConnState(enum.Enum):
@@ -56,22 +58,30 @@ class ConnectionInfo:
     """The identity of one accepted HTTP/1.x connection (``conn.info``, and what state hooks receive).
 
     ``id``, ``request_index`` (of the latest request), ``peer_credentials``, ``proxy`` and ``state``, a
-    mapping every request on the connection sees (Go's ``ConnContext``): created when the
-    connection opens, dropped with the connection. Read-only: ``client``, ``server``,
-    ``requests`` (how many have started) and ``conn_state``.
+    mapping every request on the connection sees (Go's ``ConnContext``): the same values as the
+    connection's ``http.connection`` extension, dropped with the connection. Read-only:
+    ``client``, ``server``, ``requests`` (how many have started) and ``conn_state``.
     """
 
     __slots__ = ("_conn_state", "_started", "_transport", "id", "peer_credentials", "proxy", "request_index", "state")
 
-    def __init__(self) -> None:
-        self.id: int = next(_ids)
+    def __init__(
+        self,
+        id: int | None = None,
+        *,
+        peer_credentials: tuple[int, int, int] | None = None,
+        state: dict[str, Any] | None = None,
+        proxy: Any = None,
+        transport: Any = None,
+    ) -> None:
+        self.id: int = next_connection_id() if id is None else id
         self.request_index = 0
         self._started = 0
-        self.peer_credentials: tuple[int, int, int] | None = None
-        self.state: dict[str, Any] = {}
-        self.proxy: Any = None
+        self.peer_credentials = peer_credentials
+        self.state: dict[str, Any] = {} if state is None else state
+        self.proxy = proxy
         """The connection's :class:`~asgi_hijack.proxy_protocol.ProxyHeader` (None without the PROXY protocol)."""
-        self._transport: Any = None
+        self._transport = transport
         self._conn_state = _NEW
 
     def __repr__(self) -> str:

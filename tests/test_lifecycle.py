@@ -63,6 +63,48 @@ def test_identity_request_index_and_per_connection_state(hijack_server: Any, par
     assert a[0]["peer_credentials"] is None  # TCP: no peer credentials
 
 
+async def identity_then_hijack_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``identity_app``; on ``/hijack``, hijacks and reports ``conn.info`` (no state hooks registered)."""
+    if scope["type"] != "http" or scope["path"] != "/hijack":
+        return await identity_app(scope, receive, send)
+    connection = scope["extensions"]["http.connection"]
+    conn = await hijack(scope, receive, send)
+    async with conn:
+        info = conn.info
+        assert info is not None
+        report = {
+            "same_id": info.id == connection["id"],
+            "same_state": info.state is connection["state"],
+            "seen": info.state["seen"],
+            "request_index": info.request_index,
+            "requests": info.requests,
+            "conn_state": info.conn_state.value,
+            "client": list(info.client),
+        }
+        await conn.send(json.dumps(report).encode())
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_conn_info_of_a_later_request_without_hooks(hijack_server: Any, parser: str) -> None:
+    """Without state hooks the server makes the ConnectionInfo only when the connection is hijacked:
+    it must still be the connection's identity, as of the hijacking request."""
+    server = hijack_server(identity_then_hijack_app, parser)
+    with connect(server) as sock:
+        keep_alive_requests(sock, 2)
+        sock.sendall(b"GET /hijack HTTP/1.1\r\nHost: x\r\n\r\n")
+        report = json.loads(recv_to_close(sock).data)
+        client = list(sock.getsockname())
+    assert report == {
+        "same_id": True,
+        "same_state": True,
+        "seen": 2,
+        "request_index": 2,
+        "requests": 3,
+        "conn_state": "hijacked",
+        "client": client,
+    }
+
+
 @pytest.mark.parametrize("parser", PARSERS)
 def test_unix_socket_ids_are_unique_and_peer_credentials_are_the_callers(
     hijack_server: Any, parser: str, tmp_path: Path
