@@ -126,7 +126,9 @@ class HijackServerMixin(HijackSettings):
         access_log: bool
 
         def _unset_keepalive_if_required(self) -> None: ...
-        def _hj_stock_init(self, *args: Any, **kwargs: Any) -> None: ...
+        def _hj_stock_init(
+            self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: asyncio.AbstractEventLoop | None
+        ) -> None: ...
         def _hj_stock_connection_made(self, transport: Any) -> None: ...
         def _hj_stock_connection_lost(self, exc: Exception | None) -> None: ...
         def _hj_stock_data_received(self, data: bytes) -> None: ...
@@ -142,8 +144,10 @@ class HijackServerMixin(HijackSettings):
         cls._hj_stock_data_received = stock.data_received  # type: ignore[method-assign]
         cls._hj_stock_on_response_complete = stock.on_response_complete  # type: ignore[method-assign]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._hj_stock_init(*args, **kwargs)
+    def __init__(
+        self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        self._hj_stock_init(config, server_state, app_state, _loop)  # (uvicorn's signature: no *args, **kwargs to pack)
         conn = self._hj = hot.Connection(self, _FAST_PATH_FRAMER)
         self.app = conn
         if self.proxy_protocol != "off" and self.config.is_ssl:

@@ -51,8 +51,10 @@ class ZttpHijackProtocol(HijackSettings, AutoZttpProtocol):
     _hj_heads: hot.Deadlines | None = None
     """The server's head timer, while this connection waits in it for its first bytes."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)  # (uvicorn's signature: no *args, **kwargs to pack)
         if self.proxy_protocol != "off" and self.config.is_ssl:
             refuse_tls(self)  # PROXY protocol: the header would come before the TLS handshake
 
