@@ -1,6 +1,6 @@
 """Server instructions per exchange, counted by callgrind: our protocol classes vs stock uvicorn.
 
-``python -m bench.instructions [--workload get|handshake] [--parsers httptools,h11,zttp] [--requests 10000]``
+``python -m bench.instructions [--workload get|close|handshake|upgrade|plain|plain-close] [--parsers ...]``
 
 Each server runs under ``valgrind --tool=callgrind``. One client sends ``--warmup`` exchanges one
 after the other, the counters are dumped (``callgrind_control --dump``), then ``--requests`` more
@@ -14,12 +14,17 @@ serve the same app); ``handshake``, ours hijacks (:func:`bench.apps.tcp_upgrade`
 close`` GET of :func:`bench.apps.hello` on a new connection (the cheapest plain exchange);
 ``close``, that ``Connection: close`` GET on a new connection on both (what a new connection costs);
 ``plain``, the handshake's echo on a plain ``asyncio.start_server`` server in the same process (no
-HTTP: what the echo and the connection cost in asyncio streams by themselves; no goal).
+HTTP: what the echo and the connection cost in asyncio streams by themselves; no goal). Two more
+take the handshake apart (no goal, not in ``make bench``): ``upgrade``, the handshake without its echo
+(``101``, then the client half-closes: what the hijack costs against the stock GET), and
+``plain-close``, the plain server's connection with no echo (so ``plain`` less ``plain-close`` is
+what the echo costs).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -66,15 +71,16 @@ def _keepalive_gets(port: int) -> Exchange:
     return exchange
 
 
-def _connections(port: int, kind: str, *, http: bool = True) -> Exchange:
+def _connections(port: int, kind: str, *, http: bool = True, echo: bool = True) -> Exchange:
     """A new connection per exchange (``bench.clients`` handshake ``kind``: ``tcp`` or ``close``).
 
     The client half-closes after the reply and reads to EOF, so that each exchange, the server's
     close included, is over before the next begins (the server sees the same FIN as on a close).
-    Without ``http``, only what follows the HTTP exchange (a plain server's echo).
+    Without ``http``, only what follows the HTTP exchange (a plain server's echo); without
+    ``echo``, the client half-closes right after the HTTP exchange.
     """
     request, status = PREFACES[kind]
-    message, reply = ECHOES[kind]
+    message, reply = ECHOES[kind] if echo else (b"", b"")
 
     def exchange(count: int) -> None:
         for _ in range(count):
@@ -118,11 +124,14 @@ def per_request(parser: str, ours: bool, requests: int, warmup: int, loop: str, 
     return per_exchange("bench.apps:hello", http, _keepalive_gets, requests, warmup, loop, idle)
 
 
-def per_handshake(parser: str, ours: bool, requests: int, warmup: int, loop: str, idle: float = 3.0) -> float:
-    """Server instructions per hijack handshake (ours) or per ``Connection: close`` GET (stock)."""
+def per_handshake(
+    parser: str, ours: bool, requests: int, warmup: int, loop: str, idle: float = 3.0, echo: bool = True
+) -> float:
+    """Server instructions per hijack handshake (ours; without its echo unless ``echo``) or per
+    ``Connection: close`` GET (stock)."""
     if ours:
         return per_exchange(
-            "bench.apps:tcp_upgrade", hijack_http(parser), lambda port: _connections(port, "tcp"),
+            "bench.apps:tcp_upgrade", hijack_http(parser), lambda port: _connections(port, "tcp", echo=echo),
             requests, warmup, loop, idle,
         )  # fmt: skip
     return per_exchange(
@@ -138,14 +147,17 @@ def per_close(parser: str, ours: bool, requests: int, warmup: int, loop: str, id
     )
 
 
-def per_plain(parser: str, ours: bool, requests: int, warmup: int, loop: str, idle: float = 3.0) -> float:
-    """Server instructions per echo exchange with the plain ``asyncio.start_server`` server of
-    :func:`bench.apps.hello`'s lifespan (``ours`` and ``parser`` only pick the HTTP server beside it)."""
+def per_plain(
+    parser: str, ours: bool, requests: int, warmup: int, loop: str, idle: float = 3.0, echo: bool = True
+) -> float:
+    """Server instructions per echo exchange (without ``echo``: connection and close only) with the
+    plain ``asyncio.start_server`` server of :func:`bench.apps.hello`'s lifespan (``ours`` and
+    ``parser`` only pick the HTTP server beside it)."""
     http = hijack_http(parser) if ours else parser
     plain = free_port()
     return per_exchange(
-        "bench.apps:hello", http, lambda port: _connections(plain, "tcp", http=False), requests, warmup, loop, idle,
-        env={"BENCH_PLAIN_PORT": str(plain)},
+        "bench.apps:hello", http, lambda port: _connections(plain, "tcp", http=False, echo=echo),
+        requests, warmup, loop, idle, env={"BENCH_PLAIN_PORT": str(plain)},
     )  # fmt: skip
 
 
@@ -213,7 +225,15 @@ def measure(
     parsers: Sequence[str], requests: int, warmup: int, loop: str, workload: str = "get"
 ) -> dict[str, dict[str, float]]:
     """Instructions per exchange of ours and stock, and their ratio, per parser."""
-    count = {"get": per_request, "close": per_close, "handshake": per_handshake, "plain": per_plain}[workload]
+    counters: dict[str, Callable[[str, bool, int, int, str], float]] = {
+        "get": per_request,
+        "close": per_close,
+        "handshake": per_handshake,
+        "upgrade": functools.partial(per_handshake, echo=False),
+        "plain": per_plain,
+        "plain-close": functools.partial(per_plain, echo=False),
+    }
+    count = counters[workload]
     results: dict[str, dict[str, float]] = {}
     for parser in parsers:
         ours = count(parser, True, requests, warmup, loop)
@@ -225,7 +245,7 @@ def measure(
 def main(argv: Sequence[str] | None = None) -> int:
     """Print instructions per exchange per parser; exit 1 when a ratio is above the goal."""
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", default="get", choices=(*GOALS, "plain"))
+    parser.add_argument("--workload", default="get", choices=(*GOALS, "upgrade", "plain", "plain-close"))
     parser.add_argument("--parsers", default="httptools,h11,zttp")
     parser.add_argument("--requests", type=int, default=10_000, help="measured exchanges per variant")
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured exchanges first")
