@@ -22,7 +22,7 @@ cdef class KeepAlive:
 
 cdef class Connection:
     cdef public object app, conn_state, framer, hooks, info, keep_alive, stock_data_received, stock_on_response_complete
-    cdef public object upgrade_memo
+    cdef public object sniff, upgrade_memo
     cdef public Deadlines timer
     cdef public dict extension
     cdef public bint busy, strict_lf, upgrade
@@ -34,6 +34,9 @@ cdef class Connection:
 
 @cython.locals(conn=Connection)
 cpdef data_received(self, data)
+
+
+cpdef bint sniff(self, Connection conn, data) except -1
 
 
 @cython.locals(conn=Connection)

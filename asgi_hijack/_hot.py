@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .framing import Framer
 
 __all__ = [
+    "PREFACE",
     "Connection",
     "Deadlines",
     "KeepAlive",
@@ -43,6 +44,7 @@ __all__ = [
     "keep_alive_loop",
     "on_response_complete",
     "send_or_hijack",
+    "sniff",
     "wait_for_head",
 ]
 
@@ -55,6 +57,8 @@ _NEW, _ACTIVE, _HIJACKED, _CLOSED = ConnState.NEW, ConnState.ACTIVE, ConnState.H
 _HEADS, _KEEP_ALIVE, _KEEP_ALIVE_LOOP = "_asgi_hijack_heads", "_asgi_hijack_keep_alive", "_asgi_hijack_keep_alive_loop"
 """Attributes of uvicorn's ``ServerState``: the server's head and keep-alive :class:`Deadlines`, and its
 :class:`KeepAliveLoop`."""
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+"""The first bytes of an HTTP/2 connection (RFC 9113, section 3.4)."""
 _RESOLUTION = 0.001
 """Seconds by which a timer may fire early (event loops round to milliseconds)."""
 
@@ -62,6 +66,8 @@ _RESOLUTION = 0.001
 def data_received(self: HijackServerMixin, data: bytes) -> None:
     """``HijackServerMixin.data_received``: a chunk that is exactly one request head goes straight to the parser."""
     conn = self._hj
+    if conn.sniff is not None and sniff(self, conn, data):  # HTTP/2 or HTTP/1.1? (ZttpHijackProtocol, cleartext)
+        return
     if not conn.busy:
         cycle = self.cycle
         if cycle is None or (cycle.response_complete and not cycle.more_body):
@@ -86,6 +92,31 @@ def data_received(self: HijackServerMixin, data: bytes) -> None:
                 return
         self._hj_enter_slow_path()
     self._hj_process(data)
+
+
+def sniff(self: HijackServerMixin, conn: Connection, data: bytes) -> bool:
+    """A cleartext connection's first bytes, on a class that speaks HTTP/2 too: HTTP/2 or HTTP/1.1?
+
+    Returns True if it took ``data``: a prefix of the HTTP/2 preface is held (``conn.sniff``)
+    until the rest comes (the head timeout bounds the wait), the preface hands the connection
+    to HTTP/2 (``self._hj_to_http2``), and held bytes go to HTTP/1.1 together with ``data``.
+    False: ``data`` is the first of HTTP/1.1.
+    """
+    held = conn.sniff or b""
+    conn.sniff = None
+    if not held and data[0] != 80:  # "P", as the preface starts: the common case, decided at once
+        return False
+    seen = held + data
+    if len(seen) < len(PREFACE) and PREFACE.startswith(seen):
+        conn.sniff = seen
+        return True
+    if seen.startswith(PREFACE):
+        self._hj_to_http2(self.transport, seen)
+        return True
+    if held:
+        data_received(self, seen)
+        return True
+    return False
 
 
 def on_response_complete(self: HijackServerMixin) -> None:
@@ -138,6 +169,7 @@ class Connection:
         "hooks",
         "info",
         "keep_alive",
+        "sniff",
         "started",
         "stock_data_received",
         "stock_on_response_complete",
@@ -163,6 +195,7 @@ class Connection:
         self.keep_alive: KeepAliveLoop | None = None  # the server's, once a response completed
         self.upgrade = False  # the parser reported a non-WebSocket upgrade
         self.upgrade_memo: tuple[Any, bool] | None = None  # see HttpToolsHijackProtocol._should_upgrade
+        self.sniff: bytes | None = None  # the first bytes so far, while they may be HTTP/2's preface (zttp)
         self.started = 0  # requests started (``info`` learns it when a hook runs or the state changes)
         self.strict_lf = protocol._hj_strict_lf  # the parser rejects bare LF (see HijackServerMixin._hj_strict_lf)
         # The parser protocol's data_received and on_response_complete (functions).

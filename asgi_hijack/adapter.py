@@ -385,25 +385,3 @@ def end_headers_only_request(protocol: H2Protocol, stream_id: int) -> None:
     cycle = protocol.cycles[stream_id]
     cycle.more_body = False
     cycle.message_event.set()
-
-
-class _NoTimer:
-    """The loop as ``AutoZttpProtocol.connection_made`` sees it on a cleartext connection: its
-    ``call_later`` (uvicorn's sniffing timeout, ``timeout_task``) makes no timer."""
-
-    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> None:
-        return None
-
-
-_NO_TIMER = _NoTimer()
-
-
-def dispatch_without_timer(protocol: Any, connection_made: Callable[[Any], None], transport: Any) -> None:
-    """Run ``AutoZttpProtocol.connection_made`` (bound: ``connection_made``) on a cleartext
-    connection without the timer it starts (the caller bounds the sniffing its own way)."""
-    loop = protocol.loop
-    protocol.loop = _NO_TIMER
-    try:
-        connection_made(transport)
-    finally:
-        protocol.loop = loop

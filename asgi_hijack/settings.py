@@ -3,7 +3,7 @@
 Each setting is a class attribute of every protocol class, so a server wrapper sets it
 on a subclass (``class Mine(HttpToolsHijackProtocol): head_timeout = 5.0``), and the
 environment sets its default for all classes. ``ZttpHijackProtocol`` forwards its settings
-to the HTTP/1.1 and HTTP/2 protocols it dispatches to, so a subclass of it works the same way.
+to the HTTP/2 protocol it hands HTTP/2 connections to, so a subclass of it works the same way.
 """
 
 from __future__ import annotations

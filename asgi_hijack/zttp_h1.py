@@ -10,4 +10,4 @@ __all__ = ["ZttpH1HijackProtocol"]
 
 
 class ZttpH1HijackProtocol(HijackServerMixin, ZttpProtocol):
-    """HTTP/1.x over zttp, hijackable (``ZttpHijackProtocol`` adds HTTP/2 dispatch)."""
+    """HTTP/1.x over zttp, hijackable (``ZttpHijackProtocol`` adds HTTP/2)."""

@@ -106,7 +106,7 @@ class ZttpH2HijackProtocol(ZttpH2Protocol):
     """uvicorn's zttp HTTP/2 protocol with flow control and ``http.tunnel`` (see the module).
 
     Not for ``uvicorn --http`` on its own (it cannot serve HTTP/1.1 clients): use
-    :class:`asgi_hijack.zttp_auto.ZttpHijackProtocol`, which dispatches to it.
+    :class:`asgi_hijack.zttp_auto.ZttpHijackProtocol`, which hands HTTP/2 connections to it.
     """
 
     parked_bytes: ClassVar[int] = 64 * 1024

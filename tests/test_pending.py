@@ -50,7 +50,7 @@ def _refuses_bare_lf(server: RunningServer) -> bool:
     """httptools and zttp refuse (400) a chunk where a bare-LF head (LF LF) comes before CRLF CRLF, as
     stock uvicorn does: the fast path looks for bare LF only where the parser accepts them (h11)."""
     cls: Any = protocol_class(server.server.config.http)
-    return bool(getattr(cls, "h1_protocol", cls)._hj_strict_lf)
+    return bool(cls._hj_strict_lf)
 
 
 def test_a_head_ending_in_bare_lf_and_the_next_one_in_one_segment(probe_server: RunningServer) -> None:

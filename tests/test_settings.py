@@ -1,8 +1,8 @@
 """Server settings (asgi_hijack.settings) work the same on every public protocol class.
 
 A server wrapper subclasses a class and sets ``head_timeout``, ``drain_timeout`` or
-``conn_state_hooks``; ``ZttpHijackProtocol`` forwards them to the HTTP/1.1 protocol it
-dispatches to. Each test runs a real server with the subclass and talks to it over a socket.
+``conn_state_hooks``; ``ZttpHijackProtocol`` serves HTTP/1.1 itself and forwards them to its
+HTTP/2 protocol. Each test runs a real server with the subclass and talks to it over a socket.
 """
 
 from __future__ import annotations
