@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -101,13 +102,20 @@ async def download(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.body", "body": DOWNLOAD_BLOCK, "more_body": left > 0})
 
 
+@functools.cache
+def _hijack() -> Any:
+    """``asgi_hijack.hijack``, imported on first use, once: a stock server never imports the library
+    (a ``from ... import`` per request would add the import machinery to every hijack measured)."""
+    from asgi_hijack import hijack
+
+    return hijack
+
+
 async def tcp_upgrade(scope: Scope, receive: Receive, send: Send) -> None:
     """``Upgrade: tcp`` requests are hijacked (101) and speak the stream protocol; others get :func:`hello`."""
     if scope["type"] != "http" or not any(k == b"upgrade" and v.lower() == b"tcp" for k, v in scope["headers"]):
         return await hello(scope, receive, send)
-    from asgi_hijack import hijack
-
-    conn = await hijack(scope, receive, send, status=101, headers=UPGRADE_HEADERS)
+    conn = await _hijack()(scope, receive, send, status=101, headers=UPGRADE_HEADERS)
     async with conn:
         with contextlib.suppress(ConnectionError):
             await serve_stream(conn.reader, conn.writer)
@@ -153,10 +161,8 @@ async def connect_proxy_streams(scope: Scope, receive: Receive, send: Send) -> N
     """
     if scope["type"] != "http" or scope["method"] != "CONNECT":
         return await hello(scope, receive, send)
-    from asgi_hijack import hijack
-
     up_reader, up_writer = await asyncio.open_connection(*_connect_target(scope))
-    conn = await hijack(scope, receive, send, status=200)
+    conn = await _hijack()(scope, receive, send, status=200)
     async with conn:
         await asyncio.gather(_pump(conn.reader, up_writer), _pump(up_reader, conn.writer))
     up_writer.close()
