@@ -591,7 +591,8 @@ saturated: the baseline may then be faster than shown.
    echo, close) on a plain `asyncio.start_server` server on the same loop, with no HTTP (`--workload plain`):
    what asyncio streams cost by themselves, against the stock `Connection: close` GET. `ZttpHijackProtocol`
    also tells HTTP/2 from HTTP/1.1 on each new connection, which stock `--http zttp` (HTTP/1.1 only) does
-   not; stock `--http zttp --http2` does, and costs about 10% more per new connection than without.
+   not; it does so in the HTTP/1.1 protocol itself, where stock `--http zttp --http2` puts a dispatcher in
+   front of it that costs about 10% more per new connection than `--http zttp`.
 4. **Memory**: a client opens {s.idle_count:,} idle connections in two halves (after a warm-up); the row is
    the growth of the server's RSS over the second half, per connection (the first half takes up what the
    allocators hold free after start-up, which depends on what each server imported and compiled: without it
