@@ -67,18 +67,18 @@ class ConnectionInfo:
 
     def __init__(
         self,
-        id: int | None = None,
+        id: int,
         *,
-        peer_credentials: tuple[int, int, int] | None = None,
-        state: dict[str, Any] | None = None,
-        proxy: Any = None,
-        transport: Any = None,
+        peer_credentials: tuple[int, int, int] | None,
+        state: dict[str, Any],
+        proxy: Any,
+        transport: Any,
     ) -> None:
-        self.id: int = next_connection_id() if id is None else id
+        self.id = id
         self.request_index = 0
         self._started = 0
         self.peer_credentials = peer_credentials
-        self.state: dict[str, Any] = {} if state is None else state
+        self.state = state
         self.proxy = proxy
         """The connection's :class:`~asgi_hijack.proxy_protocol.ProxyHeader` (None without the PROXY protocol)."""
         self._transport = transport
